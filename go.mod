@@ -1,0 +1,3 @@
+module github.com/ferry-project/ferry
+
+go 1.26
