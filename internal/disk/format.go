@@ -61,8 +61,26 @@ type Format struct {
 	// Nil means ferry cannot write the format. Formats that need a
 	// seekable target return an InvalidArgument error for a plain Target.
 	Create func(ctx context.Context, t Target, size int64, opts *CreateOptions) (Writer, error)
+	// OpenStream reads an image from a non-seekable source (stdin, an HTTP
+	// body) front to back. Nil means the format cannot be read that way
+	// (its tables come after the data, or it needs random access).
+	OpenStream func(ctx context.Context, r io.Reader, opts *OpenOptions) (Stream, error)
 	// Options documents the keys Create accepts in CreateOptions.Options.
 	Options []Option
+}
+
+// Stream is an image read once, front to back, from a non-seekable source.
+type Stream interface {
+	// Size is the virtual size, known once the stream is open.
+	Size() int64
+	// Next returns the next run of data: p holds the bytes at
+	// [off, off+len(p)). Runs come in ascending, non-overlapping order;
+	// bytes in no run read as zeros. p is valid until the next call. At
+	// the end Next returns io.EOF; a source that ends early is an error
+	// wrapping errs.ErrCorrupt that names the offset.
+	Next(ctx context.Context) (off int64, p []byte, err error)
+	Info() Info
+	io.Closer
 }
 
 // Option documents one format option (`-o key=value`).
