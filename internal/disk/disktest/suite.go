@@ -353,3 +353,6 @@ func AssertOnly(t testing.TB, dir string, names ...string) {
 		t.Fatalf("directory %s holds %v, want %v", dir, got, names)
 	}
 }
+
+// IsZero reports whether b is all zeros.
+func IsZero(b []byte) bool { return isZero(b) }

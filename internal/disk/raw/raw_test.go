@@ -41,7 +41,7 @@ func TestSparseOutput(t *testing.T) {
 		}
 		kinds = append(kinds, e)
 	}
-	want := []disk.Extent{{0, 8 << 20, disk.Unallocated}, {8 << 20, 1 << 20, disk.Data}, {9 << 20, 55 << 20, disk.Unallocated}}
+	want := []disk.Extent{{Off: 0, Len: 8 << 20, Kind: disk.Unallocated}, {Off: 8 << 20, Len: 1 << 20, Kind: disk.Data}, {Off: 9 << 20, Len: 55 << 20, Kind: disk.Unallocated}}
 	if len(kinds) != len(want) {
 		t.Fatalf("extents %v, want %v", kinds, want)
 	}
