@@ -1,4 +1,4 @@
-package disktest
+package synth
 
 import (
 	"context"
@@ -8,14 +8,14 @@ import (
 	"github.com/ferry-project/ferry/internal/disk"
 )
 
-// PatternImage is an in-memory disk.Image whose content is a Pattern: its
+// Image is an in-memory disk.Image whose content is a Pattern: its
 // data ranges are Data extents, the rest Unallocated. It is a source for
 // tests and benchmarks that need no file.
-type PatternImage struct{ P *Pattern }
+type Image struct{ P *Pattern }
 
-var _ disk.Image = PatternImage{}
+var _ disk.Image = Image{}
 
-func (i PatternImage) ReadAt(p []byte, off int64) (int, error) {
+func (i Image) ReadAt(p []byte, off int64) (int, error) {
 	if off >= i.P.Size {
 		return 0, io.EOF
 	}
@@ -27,13 +27,13 @@ func (i PatternImage) ReadAt(p []byte, off int64) (int, error) {
 	return int(n), nil
 }
 
-func (i PatternImage) Close() error { return nil }
-func (i PatternImage) Size() int64  { return i.P.Size }
-func (i PatternImage) Info() disk.Info {
+func (i Image) Close() error { return nil }
+func (i Image) Size() int64  { return i.P.Size }
+func (i Image) Info() disk.Info {
 	return disk.Info{Format: "pattern", VirtualSize: i.P.Size}
 }
 
-func (i PatternImage) Extents(ctx context.Context, off, n int64) iter.Seq2[disk.Extent, error] {
+func (i Image) Extents(ctx context.Context, off, n int64) iter.Seq2[disk.Extent, error] {
 	return func(yield func(disk.Extent, error) bool) {
 		end := min(off+n, i.P.Size)
 		pos := off
