@@ -120,7 +120,10 @@ type CreateOptions struct {
 	// Workers bounds the writer's own background parallelism
 	// (compression). 0 means GOMAXPROCS.
 	Workers int
-	Logger  *slog.Logger
+	// Sync makes Registry.Create's Commit flush the output file to stable
+	// storage before renaming it into place. Formats ignore it.
+	Sync   bool
+	Logger *slog.Logger
 }
 
 // Opt returns option key's value, or def when it is not set.

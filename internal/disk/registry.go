@@ -165,6 +165,7 @@ func (r *Registry) Create(ctx context.Context, path, format string, size int64, 
 	if err != nil {
 		return nil, err
 	}
+	out.Sync = o != nil && o.Sync
 	w, err := ft.Create(ctx, out, size, o)
 	if err != nil {
 		out.Abort()

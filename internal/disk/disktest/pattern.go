@@ -25,7 +25,6 @@ func MakePattern(name string, size int64, frac float64, seed uint64) *Pattern {
 	return synth.MakePattern(name, size, frac, seed)
 }
 
-
 // Patterns returns the standard cases: empty, tiny and unaligned, mixed
 // with holes, fully allocated, and sparse over 4 GiB. short drops the ones
 // that write much data.

@@ -25,11 +25,11 @@ import (
 // probe order.
 func Format() *disk.Format {
 	return &disk.Format{
-		Name:   "raw",
+		Name:    "raw",
 		Aliases: []string{"img"},
-		Probe:  func(disk.File) bool { return true },
-		Open:   open,
-		Create: create,
+		Probe:   func(disk.File) bool { return true },
+		Open:    open,
+		Create:  create,
 	}
 }
 

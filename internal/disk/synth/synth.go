@@ -93,7 +93,6 @@ const (
 	GiB = int64(1) << 30
 )
 
-
 // Mixed places data runs of 4 KiB to 3 MiB at random points, roughly 40%
 // of the disk.
 func Mixed(size int64, seed uint64) []disk.Extent {

@@ -1,0 +1,108 @@
+package cli
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferry-project/ferry/internal/progress"
+	"github.com/ferry-project/ferry/internal/service"
+)
+
+type imageConvertOptions struct {
+	srcFormat     string
+	dstFormat     string
+	options       []string
+	compress      bool
+	progress      bool
+	backing       string
+	backingFormat string
+	workers       int
+	sparse        int64
+	sync          bool
+	noBacking     bool
+	output        outputFlag
+}
+
+func newImageConvertCommand(g *Globals) *cobra.Command {
+	var o imageConvertOptions
+	cmd := &cobra.Command{
+		Use:   "convert [flags] -O FORMAT SRC DST",
+		Short: "Convert a disk image to another format",
+		Long: `Convert SRC into a new image DST of format -O. Only allocated data is read,
+pieces that read as zeros are skipped (sparse output), and chunks are read,
+checked and written in parallel. DST is written under a temporary name and
+renamed into place only when complete; on any error nothing is left behind.
+
+Format options (-o key=value,...) depend on the output format, for example
+  qcow2: cluster_size, compression_type=zlib|zstd, compress=on
+  vhd:   subformat=dynamic|fixed
+Use -c as a shorthand for compress=on.`,
+		Example: `  ferry image convert -O qcow2 disk.raw disk.qcow2
+  ferry image convert -p -O vhd -o subformat=fixed disk.qcow2 disk.vhd
+  ferry image convert -c -o compression_type=zstd -O qcow2 disk.vhd disk.qcow2`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.output.validate(); err != nil {
+				return err
+			}
+			opts, err := parseOptions(o.options)
+			if err != nil {
+				return err
+			}
+			if o.compress {
+				opts["compress"] = "on"
+			}
+			rep, stop := withProgress(g, o.progress)
+			res, err := g.Images.Convert(cmd.Context(), service.ConvertRequest{
+				Src:       service.OpenRequest{Path: args[0], Format: o.srcFormat, NoBacking: o.noBacking},
+				Dst:       args[1],
+				DstFormat: o.dstFormat, Options: opts,
+				BackingFile: o.backing, BackingFormat: o.backingFormat,
+				Workers: o.workers, ZeroGranularity: o.sparse, Sync: o.sync,
+				Progress: rep,
+			})
+			stop()
+			if err != nil {
+				return err
+			}
+			if o.output == "json" {
+				return writeJSON(g.Stdout, res)
+			}
+			if o.progress {
+				printConvertSummary(g, res)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.srcFormat, "format", "f", "", "source format (default: probe the content)")
+	f.StringVarP(&o.dstFormat, "output-format", "O", "", "output format (required)")
+	f.StringArrayVarP(&o.options, "options", "o", nil, "output format options, key=value[,key=value...]")
+	f.BoolVarP(&o.compress, "compress", "c", false, "compress the output (qcow2, vmdk streamOptimized)")
+	f.BoolVarP(&o.progress, "progress", "p", false, "show a progress bar on a terminal and a summary at the end")
+	f.StringVarP(&o.backing, "backing", "B", "", "write DST as an overlay over this backing file, storing only differences")
+	f.StringVarP(&o.backingFormat, "backing-format", "F", "", "format of the backing file (default: probe)")
+	f.IntVarP(&o.workers, "workers", "m", 0, "chunks in flight at once (default 4)")
+	f.Int64VarP(&o.sparse, "sparse-size", "S", 0, "zero-detection granularity in bytes; -1 disables (default 4096)")
+	f.BoolVar(&o.sync, "sync", false, "flush the output to stable storage before renaming it into place")
+	f.BoolVar(&o.noBacking, "no-backing", false, "refuse a source that names a backing file")
+	o.output.add(cmd)
+	cmd.MarkFlagRequired("output-format")
+	return cmd
+}
+
+func printConvertSummary(g *Globals, r service.ConvertResult) {
+	secs := r.Duration.Seconds()
+	rate := ""
+	if secs > 0 {
+		rate = fmt.Sprintf(", %s/s of data", progress.HumanBytes(int64(float64(r.Stats.Read)/secs)))
+	}
+	fmt.Fprintf(g.Stderr, "%s (%s, %s) -> %s (%s, %s on disk) in %s%s\n",
+		r.Src.Filename, r.Src.Format, progress.HumanBytes(r.Src.VirtualSize),
+		r.Dst, r.DstFormat, progress.HumanBytes(r.OutputSize), r.Duration.Round(time.Millisecond), rate)
+	fmt.Fprintf(g.Stderr, "read %s of data, wrote %s, skipped %s of holes and %s of zeros\n",
+		progress.HumanBytes(r.Stats.Read), progress.HumanBytes(r.Stats.Written),
+		progress.HumanBytes(r.Stats.Skipped), progress.HumanBytes(r.Stats.ZeroDetected))
+}

@@ -1,0 +1,17 @@
+// Package formats lists every disk format ferry knows, in probe order. It
+// is the one place where formats are put together; nothing registers
+// itself.
+package formats
+
+import (
+	"github.com/ferry-project/ferry/internal/disk"
+	"github.com/ferry-project/ferry/internal/disk/raw"
+)
+
+// Registry returns a registry of all formats. Raw claims any file and
+// comes last.
+func Registry() *disk.Registry {
+	return disk.NewRegistry(
+		raw.Format(),
+	)
+}

@@ -1,0 +1,253 @@
+// Package service holds the operations that the CLI, the REST API and the
+// web UI share. Each operation takes a request struct and returns a result
+// struct that serialises to JSON; rendering is the caller's business.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/ferry-project/ferry/internal/disk"
+	"github.com/ferry-project/ferry/internal/errs"
+	"github.com/ferry-project/ferry/internal/progress"
+)
+
+// Images runs disk image operations over a format registry.
+type Images struct {
+	Formats *disk.Registry
+	Logger  *slog.Logger
+}
+
+// NewImages returns Images over reg; a nil logger discards.
+func NewImages(reg *disk.Registry, logger *slog.Logger) *Images {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Images{Formats: reg, Logger: logger}
+}
+
+// OpenRequest names an image to open.
+type OpenRequest struct {
+	Path   string `json:"path"`
+	Format string `json:"format,omitempty"` // "" probes
+	// NoBacking refuses images that name a backing file.
+	NoBacking bool `json:"no_backing,omitempty"`
+}
+
+func (s *Images) open(ctx context.Context, r OpenRequest) (disk.Image, error) {
+	return s.Formats.Open(ctx, r.Path, &disk.RegistryOpenOptions{Format: r.Format, NoBacking: r.NoBacking})
+}
+
+// Info describes an image and its backing chain. ActualSize is filled from
+// the file system for each file of the chain.
+func (s *Images) Info(ctx context.Context, r OpenRequest) (disk.Info, error) {
+	img, err := s.open(ctx, r)
+	if err != nil {
+		return disk.Info{}, err
+	}
+	defer img.Close()
+	info := img.Info()
+	for i := &info; i != nil; i = i.Backing {
+		if i.Filename == "" && i == &info {
+			i.Filename = r.Path
+		}
+		if i.Filename != "" {
+			i.ActualSize = AllocatedBytes(i.Filename)
+		}
+	}
+	return info, nil
+}
+
+// AllocatedBytes is the space path occupies on its file system, 0 if it
+// cannot be told.
+func AllocatedBytes(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return sys.Blocks * 512
+	}
+	return st.Size()
+}
+
+// ConvertRequest asks for one image to be converted into a new file.
+type ConvertRequest struct {
+	Src       OpenRequest       `json:"src"`
+	Dst       string            `json:"dst"`
+	DstFormat string            `json:"dst_format"`
+	Options   map[string]string `json:"options,omitempty"`
+	// BackingFile makes the output an overlay over this file, written
+	// only where the source differs from it; BackingFormat its format
+	// ("" probes). A relative name is relative to the output's directory.
+	BackingFile   string `json:"backing_file,omitempty"`
+	BackingFormat string `json:"backing_format,omitempty"`
+	// Workers and ZeroGranularity: see disk.ConvertOptions.
+	Workers         int   `json:"workers,omitempty"`
+	ZeroGranularity int64 `json:"zero_granularity,omitempty"`
+	// Sync flushes the output to stable storage before it is renamed into
+	// place.
+	Sync bool `json:"sync,omitempty"`
+
+	Progress progress.Reporter `json:"-"`
+}
+
+// ConvertResult says what a conversion did.
+type ConvertResult struct {
+	Src        disk.Info         `json:"src"`
+	Dst        string            `json:"dst"`
+	DstFormat  string            `json:"dst_format"`
+	Stats      disk.ConvertStats `json:"stats"`
+	Duration   time.Duration     `json:"duration_ns"`
+	OutputSize int64             `json:"output_bytes"` // allocated bytes of the output file
+}
+
+// Convert converts r.Src into a new image at r.Dst. Nothing is left at
+// r.Dst unless the conversion succeeds.
+func (s *Images) Convert(ctx context.Context, r ConvertRequest) (ConvertResult, error) {
+	start := time.Now()
+	res := ConvertResult{Dst: r.Dst}
+	if r.Dst == "" {
+		return res, fmt.Errorf("convert: no output path: %w", errs.ErrInvalidArgument)
+	}
+	ft, err := s.Formats.Lookup(r.DstFormat)
+	if err != nil {
+		return res, err
+	}
+	res.DstFormat = ft.Name
+	src, err := s.open(ctx, r.Src)
+	if err != nil {
+		return res, err
+	}
+	defer src.Close()
+	res.Src = src.Info()
+	co := &disk.CreateOptions{Options: r.Options, Source: src, BackingFile: r.BackingFile, BackingFormat: r.BackingFormat, Workers: r.Workers, Sync: r.Sync, Logger: s.Logger}
+	var base disk.Image
+	if r.BackingFile != "" {
+		bpath := r.BackingFile
+		if !filepath.IsAbs(bpath) {
+			bpath = filepath.Join(filepath.Dir(r.Dst), bpath)
+		}
+		base, err = s.open(ctx, OpenRequest{Path: bpath, Format: r.BackingFormat})
+		if err != nil {
+			return res, fmt.Errorf("backing file: %w", err)
+		}
+		defer base.Close()
+		co.Backing = base
+		if co.BackingFormat == "" {
+			co.BackingFormat = base.Info().Format
+		}
+	}
+	w, err := s.Formats.Create(ctx, r.Dst, ft.Name, src.Size(), co)
+	if err != nil {
+		return res, err
+	}
+	defer w.Close() // aborts unless committed
+	rep := progress.Or(r.Progress)
+	rep.Phase("convert")
+	res.Stats, err = disk.Convert(ctx, w, src, &disk.ConvertOptions{Workers: r.Workers, ZeroGranularity: r.ZeroGranularity, Base: base, Progress: rep, Logger: s.Logger})
+	if err != nil {
+		return res, fmt.Errorf("%s -> %s: %w", r.Src.Path, r.Dst, err)
+	}
+	if err := w.Commit(ctx); err != nil {
+		return res, fmt.Errorf("%s: %w", r.Dst, err)
+	}
+	res.Duration = time.Since(start)
+	if r.Dst != "-" {
+		res.OutputSize = AllocatedBytes(r.Dst)
+	}
+	s.Logger.Info("converted", "src", r.Src.Path, "dst", r.Dst, "format", ft.Name, "bytes", res.Stats.Written, "duration", res.Duration)
+	return res, nil
+}
+
+// CompareResult adds the two images' descriptions to disk.CompareResult.
+type CompareResult struct {
+	disk.CompareResult
+	A disk.Info `json:"a"`
+	B disk.Info `json:"b"`
+}
+
+// Compare compares two images' content.
+func (s *Images) Compare(ctx context.Context, a, b OpenRequest, strict bool, rep progress.Reporter) (CompareResult, error) {
+	ia, err := s.open(ctx, a)
+	if err != nil {
+		return CompareResult{}, err
+	}
+	defer ia.Close()
+	ib, err := s.open(ctx, b)
+	if err != nil {
+		return CompareResult{}, err
+	}
+	defer ib.Close()
+	r, err := disk.Compare(ctx, ia, ib, &disk.CompareOptions{Strict: strict, Progress: rep})
+	return CompareResult{CompareResult: r, A: ia.Info(), B: ib.Info()}, err
+}
+
+// ErrCheckUnsupported is returned by Check for formats without a checker.
+var ErrCheckUnsupported = errors.New("format does not support checks")
+
+// Check runs the image's structural check.
+func (s *Images) Check(ctx context.Context, r OpenRequest) (disk.CheckResult, error) {
+	img, err := s.open(ctx, r)
+	if err != nil {
+		return disk.CheckResult{}, err
+	}
+	defer img.Close()
+	c, ok := img.(disk.Checker)
+	if !ok {
+		return disk.CheckResult{Filename: r.Path, Format: img.Info().Format}, fmt.Errorf("check %s: %s: %w: %w", r.Path, img.Info().Format, ErrCheckUnsupported, errs.ErrUnimplemented)
+	}
+	res, err := c.Check(ctx)
+	if res.Filename == "" {
+		res.Filename = r.Path
+	}
+	return res, err
+}
+
+// MapEntry is one run of an image's allocation map, as qemu-img map
+// --output json writes it.
+type MapEntry struct {
+	Start  int64  `json:"start"`
+	Length int64  `json:"length"`
+	Kind   string `json:"kind"`
+	Data   bool   `json:"data"`
+	Zero   bool   `json:"zero"`
+}
+
+// Map reports the image's extents, merged where adjacent runs share a kind.
+func (s *Images) Map(ctx context.Context, r OpenRequest) (iter.Seq2[MapEntry, error], func() error, error) {
+	img, err := s.open(ctx, r)
+	if err != nil {
+		return nil, nil, err
+	}
+	seq := func(yield func(MapEntry, error) bool) {
+		var cur MapEntry
+		have := false
+		for e, err := range img.Extents(ctx, 0, img.Size()) {
+			if err != nil {
+				yield(MapEntry{}, err)
+				return
+			}
+			if have && cur.Kind == e.Kind.String() && cur.Start+cur.Length == e.Off {
+				cur.Length += e.Len
+				continue
+			}
+			if have && !yield(cur, nil) {
+				return
+			}
+			cur = MapEntry{Start: e.Off, Length: e.Len, Kind: e.Kind.String(), Data: e.Kind == disk.Data, Zero: e.Kind != disk.Data}
+			have = true
+		}
+		if have {
+			yield(cur, nil)
+		}
+	}
+	return seq, img.Close, nil
+}
