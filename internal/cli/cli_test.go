@@ -143,3 +143,31 @@ func TestParseOptions(t *testing.T) {
 		t.Fatal("accepted option without =")
 	}
 }
+
+func TestConvertStdin(t *testing.T) {
+	dir := t.TempDir()
+	pt := &disktest.Pattern{Name: "a", Size: 3 << 20, Seed: 4, Data: []disk.Extent{{Off: 4096, Len: 1 << 20}}}
+	src := writeRaw(t, dir, "a.raw", pt)
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out, errb bytes.Buffer
+	dst := filepath.Join(dir, "b.raw")
+	if code := Execute(t.Context(), []string{"image", "convert", "-f", "raw", "-O", "raw", "-", dst}, f, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if code, o, _ := run(t, "image", "compare", src, dst); code != 0 {
+		t.Fatalf("compare: %d %s", code, o)
+	}
+	// a pipe of raw data without a size is refused clearly
+	errb.Reset()
+	code := Execute(t.Context(), []string{"image", "convert", "-O", "raw", "-", filepath.Join(dir, "c.raw")}, strings.NewReader("abc"), &out, &errb)
+	if code == 0 || !strings.Contains(errb.String(), "--src-size") {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "c.raw")); !os.IsNotExist(err) {
+		t.Fatal("output left behind")
+	}
+}

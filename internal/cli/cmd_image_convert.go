@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,6 +23,7 @@ type imageConvertOptions struct {
 	sparse        int64
 	sync          bool
 	noBacking     bool
+	srcSize       string
 	output        outputFlag
 }
 
@@ -34,6 +36,11 @@ func newImageConvertCommand(g *Globals) *cobra.Command {
 pieces that read as zeros are skipped (sparse output), and chunks are read,
 checked and written in parallel. DST is written under a temporary name and
 renamed into place only when complete; on any error nothing is left behind.
+
+SRC "-" reads standard input front to back, for formats whose tables come
+first (raw, VHD dynamic written in order, streamOptimized VMDK); a raw pipe
+needs --src-size. DST "-" writes to standard output, for formats that can
+stream (raw, VHD, streamOptimized VMDK, compressed QCOW2 excepted).
 
 Format options (-o key=value,...) depend on the output format, for example
   qcow2: cluster_size, compression_type=zlib|zstd, compress=on
@@ -54,8 +61,15 @@ Use -c as a shorthand for compress=on.`,
 			if o.compress {
 				opts["compress"] = "on"
 			}
+			var inSize int64
+			if args[0] == "-" {
+				if inSize, err = stdinSize(g, o.srcSize); err != nil {
+					return err
+				}
+			}
 			rep, stop := withProgress(g, o.progress)
 			res, err := g.Images.Convert(cmd.Context(), service.ConvertRequest{
+				Input: g.Stdin, InputSize: inSize,
 				Src:       service.OpenRequest{Path: args[0], Format: o.srcFormat, NoBacking: o.noBacking},
 				Dst:       args[1],
 				DstFormat: o.dstFormat, Options: opts,
@@ -88,9 +102,24 @@ Use -c as a shorthand for compress=on.`,
 	f.Int64VarP(&o.sparse, "sparse-size", "S", 0, "zero-detection granularity in bytes; -1 disables (default 4096)")
 	f.BoolVar(&o.sync, "sync", false, "flush the output to stable storage before renaming it into place")
 	f.BoolVar(&o.noBacking, "no-backing", false, "refuse a source that names a backing file")
+	f.StringVar(&o.srcSize, "src-size", "", "size of a raw source read from standard input, when it is a pipe")
 	o.output.add(cmd)
 	cmd.MarkFlagRequired("output-format")
 	return cmd
+}
+
+// stdinSize is the size of standard input: given by flag, or read from the
+// file system when stdin is a regular file, else 0 (unknown).
+func stdinSize(g *Globals, flag string) (int64, error) {
+	if flag != "" {
+		return parseSize(flag)
+	}
+	if f, ok := g.Stdin.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+			return st.Size(), nil
+		}
+	}
+	return 0, nil
 }
 
 func printConvertSummary(g *Globals, r service.ConvertResult) {

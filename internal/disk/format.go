@@ -98,7 +98,12 @@ type OpenOptions struct {
 	// the opener's job (see Registry). Nil means backing files are
 	// refused with an error naming the backing file.
 	OpenBacking func(ctx context.Context, path, format string) (Image, error)
-	Logger      *slog.Logger
+	// Size is the source's length in bytes when the caller knows it (a
+	// regular file on stdin, an HTTP Content-Length), -1 or 0 when it
+	// does not. Only OpenStream of formats that do not record the size
+	// (raw) uses it.
+	Size   int64
+	Logger *slog.Logger
 }
 
 // CreateOptions are passed to Format.Create.

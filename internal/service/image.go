@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"iter"
 	"log/slog"
 	"os"
@@ -97,6 +98,11 @@ type ConvertRequest struct {
 	Sync bool `json:"sync,omitempty"`
 
 	Progress progress.Reporter `json:"-"`
+	// Input is read instead of a file when Src.Path is "-": a
+	// non-seekable source read front to back. InputSize is its length if
+	// known (needed for raw input).
+	Input     io.Reader `json:"-"`
+	InputSize int64     `json:"-"`
 }
 
 // ConvertResult says what a conversion did.
@@ -122,6 +128,9 @@ func (s *Images) Convert(ctx context.Context, r ConvertRequest) (ConvertResult, 
 		return res, err
 	}
 	res.DstFormat = ft.Name
+	if r.Src.Path == "-" {
+		return s.convertStream(ctx, r, res, start)
+	}
 	src, err := s.open(ctx, r.Src)
 	if err != nil {
 		return res, err
@@ -164,6 +173,43 @@ func (s *Images) Convert(ctx context.Context, r ConvertRequest) (ConvertResult, 
 		res.OutputSize = AllocatedBytes(r.Dst)
 	}
 	s.Logger.Info("converted", "src", r.Src.Path, "dst", r.Dst, "format", ft.Name, "bytes", res.Stats.Written, "duration", res.Duration)
+	return res, nil
+}
+
+func (s *Images) convertStream(ctx context.Context, r ConvertRequest, res ConvertResult, start time.Time) (ConvertResult, error) {
+	if r.Input == nil {
+		return res, fmt.Errorf("convert: source is standard input but no input was given: %w", errs.ErrInvalidArgument)
+	}
+	if r.BackingFile != "" {
+		return res, fmt.Errorf("convert: -B needs a seekable source, not a stream: %w", errs.ErrUnimplemented)
+	}
+	src, err := s.Formats.OpenStream(ctx, r.Input, r.Src.Format, r.InputSize)
+	if err != nil {
+		return res, err
+	}
+	defer src.Close()
+	res.Src = src.Info()
+	if res.Src.Filename == "" {
+		res.Src.Filename = "-"
+	}
+	w, err := s.Formats.Create(ctx, r.Dst, r.DstFormat, src.Size(), &disk.CreateOptions{Options: r.Options, Workers: r.Workers, Sync: r.Sync, Logger: s.Logger})
+	if err != nil {
+		return res, err
+	}
+	defer w.Close()
+	rep := progress.Or(r.Progress)
+	rep.Phase("convert")
+	res.Stats, err = disk.ConvertStream(ctx, w, src, &disk.ConvertOptions{ZeroGranularity: r.ZeroGranularity, Progress: rep, Logger: s.Logger})
+	if err != nil {
+		return res, fmt.Errorf("- -> %s: %w", r.Dst, err)
+	}
+	if err := w.Commit(ctx); err != nil {
+		return res, fmt.Errorf("%s: %w", r.Dst, err)
+	}
+	res.Duration = time.Since(start)
+	if r.Dst != "-" {
+		res.OutputSize = AllocatedBytes(r.Dst)
+	}
 	return res, nil
 }
 

@@ -30,6 +30,13 @@ func Format() *disk.Format {
 		Probe:   func(disk.File) bool { return true },
 		Open:    open,
 		Create:  create,
+		OpenStream: func(_ context.Context, r io.Reader, o *disk.OpenOptions) (disk.Stream, error) {
+			var size int64
+			if o != nil {
+				size = o.Size
+			}
+			return disk.RawStream(r, size, "stream")
+		},
 	}
 }
 
