@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -73,5 +74,5 @@ func withProgress(g *Globals, show bool) (progress.Reporter, func()) {
 	var c progress.Counter
 	bar := progress.NewBar(g.Stderr, &c, 200*time.Millisecond)
 	bar.Start()
-	return &c, bar.Stop
+	return &c, sync.OnceFunc(bar.Stop)
 }

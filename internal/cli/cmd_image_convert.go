@@ -3,6 +3,9 @@ package cli
 import (
 	"fmt"
 	"os"
+
+	"github.com/ferry-project/ferry/internal/core"
+	"github.com/ferry-project/ferry/internal/errs"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,13 +27,17 @@ type imageConvertOptions struct {
 	sync          bool
 	noBacking     bool
 	srcSize       string
+	disk          string
+	vm            core.VMSpec
+	memory        string
+	firmware      string
 	output        outputFlag
 }
 
 func newImageConvertCommand(g *Globals) *cobra.Command {
 	var o imageConvertOptions
 	cmd := &cobra.Command{
-		Use:   "convert [flags] -O FORMAT SRC DST",
+		Use:   "convert [flags] -O FORMAT SRC [SRC...] DST",
 		Short: "Convert a disk image to another format",
 		Long: `Convert SRC into a new image DST of format -O. Only allocated data is read,
 pieces that read as zeros are skipped (sparse output), and chunks are read,
@@ -45,15 +52,22 @@ stream (raw, VHD, streamOptimized VMDK, compressed QCOW2 excepted).
 Format options (-o key=value,...) depend on the output format, for example
   qcow2: cluster_size, compression_type=zlib|zstd, compress=on
   vhd:   subformat=dynamic|fixed
-Use -c as a shorthand for compress=on.`,
+Use -c as a shorthand for compress=on.
+
+Whole-VM archives (OVA, XVA): an archive SRC converts every disk (DST gets
+"-N" before its extension when there are several) or the one chosen with
+--disk (index from 0, or name); -O ova|xva with an archive SRC converts the
+whole VM. -O ova|xva with one or more disk SRCs builds an archive from them
+and --vm-name, --cpus, --memory, --firmware.`,
 		Example: `  ferry image convert -O qcow2 disk.raw disk.qcow2
   ferry image convert -p -O vhd -o subformat=fixed disk.qcow2 disk.vhd
   ferry image convert -c -o compression_type=zstd -O qcow2 disk.vhd disk.qcow2`,
-		Args: cobra.ExactArgs(2),
+		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.output.validate(); err != nil {
 				return err
 			}
+			srcs, dst := args[:len(args)-1], args[len(args)-1]
 			opts, err := parseOptions(o.options)
 			if err != nil {
 				return err
@@ -62,30 +76,62 @@ Use -c as a shorthand for compress=on.`,
 				opts["compress"] = "on"
 			}
 			var inSize int64
-			if args[0] == "-" {
+			if srcs[0] == "-" {
 				if inSize, err = stdinSize(g, o.srcSize); err != nil {
 					return err
 				}
 			}
-			rep, stop := withProgress(g, o.progress)
-			res, err := g.Images.Convert(cmd.Context(), service.ConvertRequest{
-				Input: g.Stdin, InputSize: inSize,
-				Src:       service.OpenRequest{Path: args[0], Format: o.srcFormat, NoBacking: o.noBacking},
-				Dst:       args[1],
+			if o.memory != "" {
+				if o.vm.MemoryBytes, err = parseSize(o.memory); err != nil {
+					return err
+				}
+			}
+			o.vm.Firmware = core.Firmware(o.firmware)
+			req := service.ConvertRequest{
+				Input: g.Stdin, InputSize: inSize, Output: g.Stdout,
+				Src:       service.OpenRequest{Path: srcs[0], Format: o.srcFormat, NoBacking: o.noBacking, Disk: o.disk},
+				Dst:       dst,
 				DstFormat: o.dstFormat, Options: opts,
 				BackingFile: o.backing, BackingFormat: o.backingFormat,
 				Workers: o.workers, ZeroGranularity: o.sparse, Sync: o.sync,
-				Progress: rep,
-			})
-			stop()
-			if err != nil {
-				return err
 			}
-			if o.output == "json" {
-				return writeJSON(g.Stdout, res)
+			rep, stop := withProgress(g, o.progress)
+			defer stop()
+			req.Progress = rep
+			var results []service.ConvertResult
+			var jsonOut any
+			if ar, err := g.Images.ConvertArchive(cmd.Context(), req); err != nil {
+				return err
+			} else if ar != nil {
+				if len(srcs) > 1 {
+					return fmt.Errorf("convert: one archive source at a time: %w", errs.ErrInvalidArgument)
+				}
+				results, jsonOut = ar.Outputs, ar
+			} else if len(srcs) > 1 || g.Images.IsArchiveFormat(o.dstFormat) {
+				var sources []service.OpenRequest
+				for _, s := range srcs {
+					sources = append(sources, service.OpenRequest{Path: s, Format: o.srcFormat, NoBacking: o.noBacking})
+				}
+				res, err := g.Images.BuildArchive(cmd.Context(), service.BuildArchiveRequest{Sources: sources, ConvertRequest: req, VM: o.vm})
+				if err != nil {
+					return err
+				}
+				results, jsonOut = []service.ConvertResult{res}, res
+			} else {
+				res, err := g.Images.Convert(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				results, jsonOut = []service.ConvertResult{res}, res
+			}
+			stop()
+			if o.output == "json" && dst != "-" {
+				return writeJSON(g.Stdout, jsonOut)
 			}
 			if o.progress {
-				printConvertSummary(g, res)
+				for _, r := range results {
+					printConvertSummary(g, r)
+				}
 			}
 			return nil
 		},
@@ -103,6 +149,11 @@ Use -c as a shorthand for compress=on.`,
 	f.BoolVar(&o.sync, "sync", false, "flush the output to stable storage before renaming it into place")
 	f.BoolVar(&o.noBacking, "no-backing", false, "refuse a source that names a backing file")
 	f.StringVar(&o.srcSize, "src-size", "", "size of a raw source read from standard input, when it is a pipe")
+	f.StringVar(&o.disk, "disk", "", "with an archive source: the disk to convert, by index from 0 or by name")
+	f.StringVar(&o.vm.Name, "vm-name", "", "with -O ova|xva: the VM's name (default: the output's base name)")
+	f.IntVar(&o.vm.CPUs, "cpus", 1, "with -O ova|xva: virtual CPUs")
+	f.StringVar(&o.memory, "memory", "1G", "with -O ova|xva: memory size")
+	f.StringVar(&o.firmware, "firmware", "bios", "with -O ova|xva: bios or uefi")
 	o.output.add(cmd)
 	cmd.MarkFlagRequired("output-format")
 	return cmd

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferry-project/ferry/internal/disk"
+	"github.com/ferry-project/ferry/internal/disk/archive"
 	"github.com/ferry-project/ferry/internal/progress"
 	"github.com/ferry-project/ferry/internal/service"
 )
@@ -33,11 +34,14 @@ field names follow qemu-img info where they mean the same.`,
 			if err := o.output.validate(); err != nil {
 				return err
 			}
-			info, err := g.Images.Info(cmd.Context(), service.OpenRequest{Path: args[0], Format: o.format, NoBacking: o.noBacking})
+			d, err := g.Images.Describe(cmd.Context(), service.OpenRequest{Path: args[0], Format: o.format, NoBacking: o.noBacking})
 			if err != nil {
 				return err
 			}
-			return printInfo(g.Stdout, info, o)
+			if d.Archive != nil {
+				return printArchiveInfo(g.Stdout, args[0], d.Archive, o)
+			}
+			return printInfo(g.Stdout, *d.Disk, o)
 		},
 	}
 	o.output.add(cmd)
@@ -84,6 +88,41 @@ func printInfo(w io.Writer, info disk.Info, o imageInfoOptions) error {
 		if !o.backingChain {
 			break
 		}
+	}
+	return nil
+}
+
+func printArchiveInfo(w io.Writer, path string, a *archive.Info, o imageInfoOptions) error {
+	if o.output == "json" {
+		return writeJSON(w, a)
+	}
+	fmt.Fprintf(w, "archive: %s\n", path)
+	fmt.Fprintf(w, "file format: %s (whole VM)\n", a.Format)
+	fmt.Fprintf(w, "vm: %s\n", a.VM.Name)
+	if a.VM.Description != "" {
+		fmt.Fprintf(w, "description: %s\n", a.VM.Description)
+	}
+	fmt.Fprintf(w, "cpus: %d\nmemory: %s\n", a.VM.CPUs, progress.HumanBytes(a.VM.MemoryBytes))
+	if a.VM.Firmware != "" {
+		fmt.Fprintf(w, "firmware: %s\n", a.VM.Firmware)
+	}
+	if a.VM.OSType != "" {
+		fmt.Fprintf(w, "os: %s\n", a.VM.OSType)
+	}
+	fmt.Fprintln(w, "disks:")
+	for _, d := range a.Disks {
+		fmt.Fprintf(w, "    [%d] %s: %s %s (%d bytes virtual, %s stored, member %s)\n", d.Index, d.Name, d.Format,
+			progress.HumanBytes(d.VirtualSize), d.VirtualSize, progress.HumanBytes(d.StoredSize), d.Member)
+	}
+	if len(a.VM.NICs) > 0 {
+		fmt.Fprintln(w, "nics:")
+		for i, n := range a.VM.NICs {
+			fmt.Fprintf(w, "    [%d] %s network=%s mac=%s\n", i, n.Name, n.Network, n.MAC)
+		}
+	}
+	if len(a.Extra) > 0 {
+		fmt.Fprintln(w, "Format specific information:")
+		printSpecific(w, a.Extra, "    ")
 	}
 	return nil
 }

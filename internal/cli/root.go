@@ -89,7 +89,7 @@ and Amazon EC2.`,
 				level = slog.LevelDebug
 			}
 			g.Logger = slog.New(slog.NewTextHandler(g.Stderr, &slog.HandlerOptions{Level: level}))
-			g.Images = service.NewImages(formats.Registry(), g.Logger)
+			g.Images = service.NewImages(formats.Registry(), formats.Archives(), g.Logger)
 		},
 	}
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log what ferry does to standard error")

@@ -3,6 +3,7 @@ package disk
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -159,7 +160,7 @@ func (r *Registry) Create(ctx context.Context, path, format string, size int64, 
 		return nil, err
 	}
 	if path == "-" {
-		return ft.Create(ctx, stdout{}, size, o)
+		return r.CreateTo(ctx, os.Stdout, format, size, o)
 	}
 	out, err := CreateOutputFile(path)
 	if err != nil {
@@ -174,6 +175,35 @@ func (r *Registry) Create(ctx context.Context, path, format string, size int64, 
 	return &fileWriter{Writer: w, out: out}, nil
 }
 
-type stdout struct{}
+// CreateTo starts writing a new image to t, a stream or a file the caller
+// manages: Commit finishes the image, Close without Commit abandons it, and
+// neither closes or removes t.
+func (r *Registry) CreateTo(ctx context.Context, t Target, format string, size int64, o *CreateOptions) (Writer, error) {
+	ft, err := r.Lookup(format)
+	if err != nil {
+		return nil, err
+	}
+	if ft.Create == nil {
+		return nil, fmt.Errorf("ferry cannot write %s images: %w", ft.Name, errs.ErrUnimplemented)
+	}
+	if size < 0 {
+		return nil, fmt.Errorf("negative size %d: %w", size, errs.ErrInvalidArgument)
+	}
+	if err := ft.CheckOptions(o); err != nil {
+		return nil, err
+	}
+	if _, ok := t.(io.WriterAt); ok {
+		// a file: the format may seek; a pipe posing as a file may not
+		if f, ok := t.(*os.File); ok {
+			if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+				t = plainWriter{f}
+			}
+		}
+	}
+	return ft.Create(ctx, t, size, o)
+}
 
-func (stdout) Write(p []byte) (int, error) { return os.Stdout.Write(p) }
+// plainWriter hides everything but Write.
+type plainWriter struct{ w io.Writer }
+
+func (p plainWriter) Write(b []byte) (int, error) { return p.w.Write(b) }

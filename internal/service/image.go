@@ -16,22 +16,25 @@ import (
 	"time"
 
 	"github.com/ferry-project/ferry/internal/disk"
+	"github.com/ferry-project/ferry/internal/disk/archive"
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/progress"
 )
 
-// Images runs disk image operations over a format registry.
+// Images runs disk image operations over a format registry and the
+// whole-VM archive formats.
 type Images struct {
-	Formats *disk.Registry
-	Logger  *slog.Logger
+	Formats  *disk.Registry
+	Archives []*archive.Format
+	Logger   *slog.Logger
 }
 
-// NewImages returns Images over reg; a nil logger discards.
-func NewImages(reg *disk.Registry, logger *slog.Logger) *Images {
+// NewImages returns Images over reg and archives; a nil logger discards.
+func NewImages(reg *disk.Registry, archives []*archive.Format, logger *slog.Logger) *Images {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Images{Formats: reg, Logger: logger}
+	return &Images{Formats: reg, Archives: archives, Logger: logger}
 }
 
 // OpenRequest names an image to open.
@@ -40,6 +43,9 @@ type OpenRequest struct {
 	Format string `json:"format,omitempty"` // "" probes
 	// NoBacking refuses images that name a backing file.
 	NoBacking bool `json:"no_backing,omitempty"`
+	// Disk selects disks of a whole-VM archive (OVA, XVA): an index from 0
+	// or a disk name; "" means every disk.
+	Disk string `json:"disk,omitempty"`
 }
 
 func (s *Images) open(ctx context.Context, r OpenRequest) (disk.Image, error) {
@@ -103,6 +109,8 @@ type ConvertRequest struct {
 	// known (needed for raw input).
 	Input     io.Reader `json:"-"`
 	InputSize int64     `json:"-"`
+	// Output receives the image when Dst is "-".
+	Output io.Writer `json:"-"`
 }
 
 // ConvertResult says what a conversion did.
@@ -116,12 +124,16 @@ type ConvertResult struct {
 }
 
 // Convert converts r.Src into a new image at r.Dst. Nothing is left at
-// r.Dst unless the conversion succeeds.
+// r.Dst unless the conversion succeeds. A whole-VM archive source is
+// converted disk by disk (see ConvertArchive); use that for its result.
 func (s *Images) Convert(ctx context.Context, r ConvertRequest) (ConvertResult, error) {
 	start := time.Now()
 	res := ConvertResult{Dst: r.Dst}
 	if r.Dst == "" {
 		return res, fmt.Errorf("convert: no output path: %w", errs.ErrInvalidArgument)
+	}
+	if af := s.lookupArchive(r.DstFormat); af != nil {
+		return s.BuildArchive(ctx, BuildArchiveRequest{Sources: []OpenRequest{r.Src}, ConvertRequest: r})
 	}
 	ft, err := s.Formats.Lookup(r.DstFormat)
 	if err != nil {
@@ -136,7 +148,42 @@ func (s *Images) Convert(ctx context.Context, r ConvertRequest) (ConvertResult, 
 		return res, err
 	}
 	defer src.Close()
-	res.Src = src.Info()
+	return s.convertImage(ctx, src, r, start)
+}
+
+// ConvertArchive converts an archive's disks into images (one output per
+// selected disk) or the whole VM into another archive format. It returns
+// (nil, nil) when r.Src is not an archive.
+func (s *Images) ConvertArchive(ctx context.Context, r ConvertRequest) (*ArchiveConvertResult, error) {
+	af, err := s.probeArchive(r.Src.Path, r.Src.Format)
+	if err != nil || af == nil {
+		return nil, err
+	}
+	if _, err := s.Formats.Lookup(r.DstFormat); err != nil && s.lookupArchive(r.DstFormat) == nil {
+		return nil, err
+	}
+	res, err := s.convertFromArchive(ctx, af, r)
+	return &res, err
+}
+
+// create starts the output of a conversion: a file under a temporary name,
+// or r.Output for "-".
+func (s *Images) create(ctx context.Context, r ConvertRequest, size int64, co *disk.CreateOptions) (disk.Writer, error) {
+	if r.Dst == "-" {
+		if r.Output == nil {
+			return nil, fmt.Errorf("convert: output is standard output but none was given: %w", errs.ErrInvalidArgument)
+		}
+		return s.Formats.CreateTo(ctx, r.Output, r.DstFormat, size, co)
+	}
+	return s.Formats.Create(ctx, r.Dst, r.DstFormat, size, co)
+}
+
+// convertImage converts an opened image per r.
+func (s *Images) convertImage(ctx context.Context, src disk.Image, r ConvertRequest, start time.Time) (ConvertResult, error) {
+	res := ConvertResult{Dst: r.Dst, DstFormat: r.DstFormat, Src: src.Info()}
+	if ft, err := s.Formats.Lookup(r.DstFormat); err == nil {
+		res.DstFormat = ft.Name
+	}
 	co := &disk.CreateOptions{Options: r.Options, Source: src, BackingFile: r.BackingFile, BackingFormat: r.BackingFormat, Workers: r.Workers, Sync: r.Sync, Logger: s.Logger}
 	var base disk.Image
 	if r.BackingFile != "" {
@@ -144,6 +191,7 @@ func (s *Images) Convert(ctx context.Context, r ConvertRequest) (ConvertResult, 
 		if !filepath.IsAbs(bpath) {
 			bpath = filepath.Join(filepath.Dir(r.Dst), bpath)
 		}
+		var err error
 		base, err = s.open(ctx, OpenRequest{Path: bpath, Format: r.BackingFormat})
 		if err != nil {
 			return res, fmt.Errorf("backing file: %w", err)
@@ -154,7 +202,7 @@ func (s *Images) Convert(ctx context.Context, r ConvertRequest) (ConvertResult, 
 			co.BackingFormat = base.Info().Format
 		}
 	}
-	w, err := s.Formats.Create(ctx, r.Dst, ft.Name, src.Size(), co)
+	w, err := s.create(ctx, r, src.Size(), co)
 	if err != nil {
 		return res, err
 	}
@@ -172,7 +220,7 @@ func (s *Images) Convert(ctx context.Context, r ConvertRequest) (ConvertResult, 
 	if r.Dst != "-" {
 		res.OutputSize = AllocatedBytes(r.Dst)
 	}
-	s.Logger.Info("converted", "src", r.Src.Path, "dst", r.Dst, "format", ft.Name, "bytes", res.Stats.Written, "duration", res.Duration)
+	s.Logger.Info("converted", "src", r.Src.Path, "dst", r.Dst, "format", res.DstFormat, "bytes", res.Stats.Written, "duration", res.Duration)
 	return res, nil
 }
 
@@ -192,7 +240,7 @@ func (s *Images) convertStream(ctx context.Context, r ConvertRequest, res Conver
 	if res.Src.Filename == "" {
 		res.Src.Filename = "-"
 	}
-	w, err := s.Formats.Create(ctx, r.Dst, r.DstFormat, src.Size(), &disk.CreateOptions{Options: r.Options, Workers: r.Workers, Sync: r.Sync, Logger: s.Logger})
+	w, err := s.create(ctx, r, src.Size(), &disk.CreateOptions{Options: r.Options, Workers: r.Workers, Sync: r.Sync, Logger: s.Logger})
 	if err != nil {
 		return res, err
 	}

@@ -5,6 +5,7 @@ package formats
 
 import (
 	"github.com/ferry-project/ferry/internal/disk"
+	"github.com/ferry-project/ferry/internal/disk/archive"
 	"github.com/ferry-project/ferry/internal/disk/raw"
 )
 
@@ -14,4 +15,9 @@ func Registry() *disk.Registry {
 	return disk.NewRegistry(
 		raw.Format(),
 	)
+}
+
+// Archives returns the whole-VM archive formats, probed before disk formats.
+func Archives() []*archive.Format {
+	return []*archive.Format{}
 }
