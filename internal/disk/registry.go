@@ -160,7 +160,7 @@ func (r *Registry) Create(ctx context.Context, path, format string, size int64, 
 		return nil, err
 	}
 	if path == "-" {
-		return r.CreateTo(ctx, os.Stdout, format, size, o)
+		return r.CreateTo(ctx, PlainTarget(os.Stdout), format, size, o)
 	}
 	out, err := CreateOutputFile(path)
 	if err != nil {
@@ -192,18 +192,20 @@ func (r *Registry) CreateTo(ctx context.Context, t Target, format string, size i
 	if err := ft.CheckOptions(o); err != nil {
 		return nil, err
 	}
-	if _, ok := t.(io.WriterAt); ok {
-		// a file: the format may seek; a pipe posing as a file may not
-		if f, ok := t.(*os.File); ok {
-			if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-				t = plainWriter{f}
-			}
+	if f, ok := t.(*os.File); ok {
+		// a pipe or terminal posing as a file cannot seek
+		if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+			t = PlainTarget(f)
 		}
 	}
 	return ft.Create(ctx, t, size, o)
 }
 
-// plainWriter hides everything but Write.
+// PlainTarget hides everything of w but Write, so that writers treat it as
+// a stream: standard output (which may be a file opened for appending, where
+// WriteAt fails), an HTTP body, a pipe.
+func PlainTarget(w io.Writer) Target { return plainWriter{w} }
+
 type plainWriter struct{ w io.Writer }
 
 func (p plainWriter) Write(b []byte) (int, error) { return p.w.Write(b) }

@@ -199,7 +199,7 @@ func (s *Images) writeArchive(ctx context.Context, af *archive.Format, r Convert
 		if r.Output == nil {
 			return res, fmt.Errorf("convert: output is standard output but none was given: %w", errs.ErrInvalidArgument)
 		}
-		t = r.Output
+		t = disk.PlainTarget(r.Output)
 	} else {
 		var err error
 		if out, err = disk.CreateOutputFile(r.Dst); err != nil {

@@ -173,7 +173,7 @@ func (s *Images) create(ctx context.Context, r ConvertRequest, size int64, co *d
 		if r.Output == nil {
 			return nil, fmt.Errorf("convert: output is standard output but none was given: %w", errs.ErrInvalidArgument)
 		}
-		return s.Formats.CreateTo(ctx, r.Output, r.DstFormat, size, co)
+		return s.Formats.CreateTo(ctx, disk.PlainTarget(r.Output), r.DstFormat, size, co)
 	}
 	return s.Formats.Create(ctx, r.Dst, r.DstFormat, size, co)
 }

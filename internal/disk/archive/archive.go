@@ -88,6 +88,8 @@ type Format struct {
 	// disks and their virtual sizes; the caller then writes each disk in
 	// order through Writer.NextDisk.
 	Create func(ctx context.Context, t disk.Target, vm core.VMSpec, opts *CreateOptions) (Writer, error)
+	// Options documents the keys Create accepts in CreateOptions.Options.
+	Options []disk.Option
 }
 
 // OpenOptions are passed to Open and OpenStream.
