@@ -14,8 +14,9 @@ import (
 
 // Reader is an archive opened on a seekable file. Disks are read at random.
 type Reader interface {
-	// VM describes the VM; VM().Disks lists the disks in archive order,
-	// the same order OpenDisk indexes.
+	// VM describes the VM; VM().Disks lists the disks in the VM's slot
+	// order (XenServer userdevice, OVF hardware order), and OpenDisk and
+	// Info().Disks index the same list.
 	VM() core.VMSpec
 	// OpenDisk opens disk i (0-based) as an Image, valid until the Reader
 	// is closed. Data is verified against the archive's checksums as it is
@@ -35,8 +36,8 @@ type Reader interface {
 type StreamReader interface {
 	// VM is known once the descriptor (the archive's first member) is read.
 	VM() core.VMSpec
-	// NextDisk returns the next disk in archive order as a Stream, with its
-	// index into VM().Disks. The previous disk's stream must be consumed
+	// NextDisk returns the next disk in the order the archive stores them
+	// as a Stream, with its index into VM().Disks. The previous disk's stream must be consumed
 	// or abandoned before calling it again. After the last disk it returns
 	// io.EOF; checksums are verified as data passes and a mismatch is an
 	// error wrapping errs.ErrCorrupt naming the disk and the block.

@@ -7,6 +7,7 @@ import (
 	"github.com/ferry-project/ferry/internal/disk"
 	"github.com/ferry-project/ferry/internal/disk/archive"
 	"github.com/ferry-project/ferry/internal/disk/raw"
+	"github.com/ferry-project/ferry/internal/disk/xva"
 )
 
 // Registry returns a registry of all formats. Raw claims any file and
@@ -19,5 +20,5 @@ func Registry() *disk.Registry {
 
 // Archives returns the whole-VM archive formats, probed before disk formats.
 func Archives() []*archive.Format {
-	return []*archive.Format{}
+	return []*archive.Format{xva.Format()}
 }
