@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 
@@ -88,7 +89,7 @@ and --vm-name, --cpus, --memory, --firmware.`,
 			}
 			o.vm.Firmware = core.Firmware(o.firmware)
 			req := service.ConvertRequest{
-				Input: g.Stdin, InputSize: inSize, Output: g.Stdout,
+				Input: bufio.NewReaderSize(g.Stdin, 1<<20), InputSize: inSize, Output: g.Stdout,
 				Src:       service.OpenRequest{Path: srcs[0], Format: o.srcFormat, NoBacking: o.noBacking, Disk: o.disk},
 				Dst:       dst,
 				DstFormat: o.dstFormat, Options: opts,

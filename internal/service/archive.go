@@ -2,8 +2,11 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,7 +43,7 @@ func (s *Images) probeArchive(path, format string) (*archive.Format, error) {
 	if format != "" {
 		return s.lookupArchive(format), nil
 	}
-	if len(s.Archives) == 0 || path == "-" {
+	if len(s.Archives) == 0 {
 		return nil, nil
 	}
 	f, err := disk.OpenFile(path)
@@ -311,4 +314,134 @@ func (s *Images) BuildArchive(ctx context.Context, r BuildArchiveRequest) (Conve
 		res.Src = disks[0].Info()
 	}
 	return res, err
+}
+
+// convertArchiveStream converts an archive read front to back: its disks to
+// images (all, or the one r.Src.Disk selects), or the whole VM to another
+// archive format.
+func (s *Images) convertArchiveStream(ctx context.Context, af *archive.Format, in io.Reader, r ConvertRequest) (*ArchiveConvertResult, error) {
+	start := time.Now()
+	res := &ArchiveConvertResult{}
+	sr, err := af.OpenStream(ctx, in, &archive.OpenOptions{Disks: s.Formats})
+	if err != nil {
+		return res, err
+	}
+	defer sr.Close()
+	res.VM = sr.VM()
+	n := len(res.VM.Disks)
+	if to := s.lookupArchive(r.DstFormat); to != nil {
+		out, err := s.streamArchiveToArchive(ctx, sr, to, r)
+		res.Outputs = []ConvertResult{out}
+		res.Duration = time.Since(start)
+		return res, err
+	}
+	want, err := selectDisks(res.VM, r.Src.Disk)
+	if err != nil {
+		return res, fmt.Errorf("%s: %w", r.Src.Path, err)
+	}
+	rep := progress.Or(r.Progress)
+	for {
+		i, ds, err := sr.NextDisk(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return res, err
+		}
+		if !slices.Contains(want, i) {
+			continue // abandoned: the next NextDisk skips it
+		}
+		rep.Phase(fmt.Sprintf("disk %d", i))
+		one := r
+		one.Dst = diskOutputName(r.Dst, i, len(want))
+		out := ConvertResult{Dst: one.Dst, DstFormat: r.DstFormat, Src: ds.Info()}
+		w, err := s.create(ctx, one, ds.Size(), &disk.CreateOptions{Options: r.Options, Workers: r.Workers, Sync: r.Sync, Logger: s.Logger})
+		if err != nil {
+			return res, err
+		}
+		out.Stats, err = disk.ConvertStream(ctx, w, ds, &disk.ConvertOptions{ZeroGranularity: r.ZeroGranularity, Progress: rep})
+		if err == nil {
+			err = w.Commit(ctx)
+		}
+		w.Close()
+		if err != nil {
+			return res, fmt.Errorf("disk %d (%s): %w", i, res.VM.Disks[i].Name, err)
+		}
+		out.Duration = time.Since(start)
+		if one.Dst != "-" {
+			out.OutputSize = AllocatedBytes(one.Dst)
+		}
+		res.Outputs = append(res.Outputs, out)
+	}
+	if len(res.Outputs) != len(want) {
+		return res, fmt.Errorf("%s: the stream held %d of the archive's %d disks: %w", r.Src.Path, len(res.Outputs), n, errs.ErrCorrupt)
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// streamArchiveToArchive copies a streamed archive's disks, in slot order,
+// into a new archive.
+func (s *Images) streamArchiveToArchive(ctx context.Context, sr archive.StreamReader, to *archive.Format, r ConvertRequest) (ConvertResult, error) {
+	res := ConvertResult{Dst: r.Dst, DstFormat: to.Name}
+	if r.Src.Disk != "" {
+		return res, fmt.Errorf("convert: --disk selects one disk, but %s holds a whole VM: %w", to.Name, errs.ErrInvalidArgument)
+	}
+	var t disk.Target
+	var out *disk.OutputFile
+	if r.Dst == "-" {
+		t = disk.PlainTarget(r.Output)
+	} else {
+		var err error
+		if out, err = disk.CreateOutputFile(r.Dst); err != nil {
+			return res, err
+		}
+		defer out.Abort()
+		t = out
+	}
+	w, err := to.Create(ctx, t, sr.VM(), &archive.CreateOptions{Disks: s.Formats, Workers: r.Workers, Options: r.Options})
+	if err != nil {
+		return res, fmt.Errorf("create %s: %w", r.Dst, err)
+	}
+	defer w.Close()
+	for next := 0; ; next++ {
+		i, ds, err := sr.NextDisk(ctx)
+		if errors.Is(err, io.EOF) {
+			if next != len(sr.VM().Disks) {
+				return res, fmt.Errorf("%s: stream ended after %d of %d disks: %w", r.Src.Path, next, len(sr.VM().Disks), errs.ErrCorrupt)
+			}
+			break
+		}
+		if err != nil {
+			return res, err
+		}
+		if i != next {
+			return res, fmt.Errorf("%s: the archive stores disk %d before disk %d; streamed conversion to %s needs slot order, save it to a file first: %w", r.Src.Path, i, next, to.Name, errs.ErrUnimplemented)
+		}
+		dw, err := w.NextDisk(ctx)
+		if err != nil {
+			return res, err
+		}
+		st, err := disk.ConvertStream(ctx, dw, ds, &disk.ConvertOptions{ZeroGranularity: r.ZeroGranularity, Progress: r.Progress})
+		if err == nil {
+			err = dw.Commit(ctx)
+		}
+		dw.Close()
+		if err != nil {
+			return res, fmt.Errorf("disk %d: %w", i, err)
+		}
+		res.Stats.Read += st.Read
+		res.Stats.Written += st.Written
+		res.Stats.Size += st.Size
+	}
+	if err := w.Commit(ctx); err != nil {
+		return res, err
+	}
+	if out != nil {
+		if err := out.Commit(); err != nil {
+			return res, err
+		}
+		res.OutputSize = AllocatedBytes(r.Dst)
+	}
+	return res, nil
 }

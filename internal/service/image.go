@@ -4,6 +4,7 @@
 package service
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -106,7 +107,10 @@ type ConvertRequest struct {
 	Progress progress.Reporter `json:"-"`
 	// Input is read instead of a file when Src.Path is "-": a
 	// non-seekable source read front to back. InputSize is its length if
-	// known (needed for raw input).
+	// known (needed for raw input). Probing peeks at the first MiB through
+	// bufio.NewReaderSize(Input, 1<<20); pass such a reader when the same
+	// request goes to ConvertArchive and then Convert, so the peek
+	// consumes nothing.
 	Input     io.Reader `json:"-"`
 	InputSize int64     `json:"-"`
 	// Output receives the image when Dst is "-".
@@ -155,6 +159,9 @@ func (s *Images) Convert(ctx context.Context, r ConvertRequest) (ConvertResult, 
 // selected disk) or the whole VM into another archive format. It returns
 // (nil, nil) when r.Src is not an archive.
 func (s *Images) ConvertArchive(ctx context.Context, r ConvertRequest) (*ArchiveConvertResult, error) {
+	if r.Src.Path == "-" {
+		return s.convertArchiveFromInput(ctx, &r)
+	}
 	af, err := s.probeArchive(r.Src.Path, r.Src.Format)
 	if err != nil || af == nil {
 		return nil, err
@@ -164,6 +171,36 @@ func (s *Images) ConvertArchive(ctx context.Context, r ConvertRequest) (*Archive
 	}
 	res, err := s.convertFromArchive(ctx, af, r)
 	return &res, err
+}
+
+// convertArchiveFromInput probes r.Input for an archive; if it holds one it
+// converts it as a stream, and otherwise returns (nil, nil) having consumed
+// nothing (see ConvertRequest.Input).
+func (s *Images) convertArchiveFromInput(ctx context.Context, r *ConvertRequest) (*ArchiveConvertResult, error) {
+	if r.Input == nil {
+		return nil, fmt.Errorf("convert: source is standard input but no input was given: %w", errs.ErrInvalidArgument)
+	}
+	br := bufio.NewReaderSize(r.Input, 1<<20)
+	var af *archive.Format
+	if r.Src.Format != "" {
+		af = s.lookupArchive(r.Src.Format)
+	} else {
+		head, _ := br.Peek(1 << 20)
+		hf := disk.BytesFile("-", head)
+		for _, a := range s.Archives {
+			if a.OpenStream != nil && a.Probe(hf) {
+				af = a
+				break
+			}
+		}
+	}
+	if af == nil {
+		return nil, nil
+	}
+	if af.OpenStream == nil {
+		return nil, fmt.Errorf("%s archives cannot be read from a stream: %w", af.Name, errs.ErrUnimplemented)
+	}
+	return s.convertArchiveStream(ctx, af, br, *r)
 }
 
 // create starts the output of a conversion: a file under a temporary name,
