@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -242,6 +243,9 @@ type FormatOptions struct {
 	// SizeRounding, if set, maps a requested size to the size the format
 	// stores (formats that round up).
 	SizeRounding func(int64) int64
+	// ExtraFiles are the names of files a committed image "img" has
+	// beside it (a VMDK's "img-flat.vmdk").
+	ExtraFiles []string
 }
 
 // TestFormat runs the conformance suite for a format that can write: every
@@ -274,7 +278,7 @@ func TestFormat(t *testing.T, f *disk.Format, o FormatOptions) {
 			if err := w.Close(); err != nil {
 				t.Fatalf("close after commit: %v", err)
 			}
-			AssertOnly(t, dir, "img")
+			AssertOnly(t, dir, append([]string{"img"}, o.ExtraFiles...)...)
 			file, err := disk.OpenFile(path)
 			if err != nil {
 				t.Fatal(err)
@@ -351,6 +355,7 @@ func AssertOnly(t testing.TB, dir string, names ...string) {
 	for _, e := range ents {
 		got = append(got, e.Name())
 	}
+	slices.Sort(names)
 	if strings.Join(got, ",") != strings.Join(names, ",") {
 		t.Fatalf("directory %s holds %v, want %v", dir, got, names)
 	}

@@ -6,7 +6,9 @@ package formats
 import (
 	"github.com/ferry-project/ferry/internal/disk"
 	"github.com/ferry-project/ferry/internal/disk/archive"
+	"github.com/ferry-project/ferry/internal/disk/ova"
 	"github.com/ferry-project/ferry/internal/disk/raw"
+	"github.com/ferry-project/ferry/internal/disk/vmdk"
 	"github.com/ferry-project/ferry/internal/disk/xva"
 )
 
@@ -14,11 +16,12 @@ import (
 // comes last.
 func Registry() *disk.Registry {
 	return disk.NewRegistry(
+		vmdk.Format(),
 		raw.Format(),
 	)
 }
 
 // Archives returns the whole-VM archive formats, probed before disk formats.
 func Archives() []*archive.Format {
-	return []*archive.Format{xva.Format()}
+	return []*archive.Format{xva.Format(), ova.Format()}
 }
