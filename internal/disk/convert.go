@@ -110,6 +110,11 @@ func Convert(ctx context.Context, dst Writer, src Image, opts *ConvertOptions) (
 		return st, fmt.Errorf("convert: destination size %d is smaller than source size %d: %w", dst.Size(), size, errs.ErrInvalidArgument)
 	}
 	o.Progress.SetTotal(size)
+	if g, ok := dst.(Granular); ok && o.ZeroGranularity > 0 {
+		if u := g.AllocationUnit(); u > o.ZeroGranularity && u <= o.ChunkSize && o.ChunkSize%u == 0 {
+			o.ZeroGranularity = u
+		}
+	}
 	var read, written, zeroed, skipped, zdet atomic.Int64
 
 	pool := sync.Pool{New: func() any { b := make([]byte, o.ChunkSize); return &b }}

@@ -219,3 +219,45 @@ func TestCompare(t *testing.T) {
 		})
 	}
 }
+
+// unitWriter is a memWriter that allocates in 64 KiB units.
+type unitWriter struct{ *memWriter }
+
+func (unitWriter) AllocationUnit() int64 { return 64 << 10 }
+
+func TestConvertAllocationUnit(t *testing.T) {
+	// 4 KiB of data in each of two 64 KiB units, one unit all zero
+	pt := &disktest.Pattern{Name: "u", Size: 192 << 10, Seed: 11, Data: []disk.Extent{{Off: 0, Len: 192 << 10}}}
+	src := make([]byte, pt.Size)
+	copy(src[:4096], bytes.Repeat([]byte{0xAA}, 4096))
+	copy(src[128<<10:], bytes.Repeat([]byte{0xBB}, 4096))
+	img := bytesImage(src)
+	m := unitWriter{newMem(pt.Size, false)}
+	st, err := disk.Convert(t.Context(), m, img, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(m.b, src) {
+		t.Fatal("content differs")
+	}
+	// two whole units written, zeros included; the zero unit skipped
+	if st.Written != 128<<10 || st.ZeroDetected != 64<<10 {
+		t.Fatalf("stats %+v: want 128 KiB written in whole units, 64 KiB skipped", st)
+	}
+}
+
+// bytesImage is an all-data Image over b.
+func bytesImage(b []byte) disk.Image {
+	pt := &disktest.Pattern{Name: "b", Size: int64(len(b)), Data: []disk.Extent{{Off: 0, Len: int64(len(b))}}}
+	return fixedImage{PatternImage: disktest.PatternImage{P: pt}, b: b}
+}
+
+type fixedImage struct {
+	disktest.PatternImage
+	b []byte
+}
+
+func (f fixedImage) ReadAt(p []byte, off int64) (int, error) {
+	n := copy(p, f.b[off:])
+	return n, nil
+}

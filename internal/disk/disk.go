@@ -135,6 +135,14 @@ type Writer interface {
 	Sequential() bool
 }
 
+// Granular is implemented by writers that allocate in units bigger than a
+// sector (a qcow2 cluster, a VDI block). Convert then detects zeros in
+// whole units: an all-zero unit is skipped, any other is written in one
+// piece, zeros included, since the unit is allocated anyway.
+type Granular interface {
+	AllocationUnit() int64
+}
+
 // Checker is implemented by images that can check their own structure.
 type Checker interface {
 	// Check reads every table of the image and reports leaks, overlaps

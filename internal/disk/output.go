@@ -38,6 +38,12 @@ func CreateOutputFile(path string) (*OutputFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", path, classifyOS(err))
 	}
+	// CreateTemp makes 0600 files; an image is an ordinary file.
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
 	return &OutputFile{File: f, final: path}, nil
 }
 
@@ -122,6 +128,14 @@ func (w *fileWriter) Commit(ctx context.Context) error {
 	}
 	w.committed = true
 	return nil
+}
+
+// AllocationUnit forwards the format writer's unit, if it has one.
+func (w *fileWriter) AllocationUnit() int64 {
+	if g, ok := w.Writer.(Granular); ok {
+		return g.AllocationUnit()
+	}
+	return 0
 }
 
 // Close aborts unless Commit succeeded.
