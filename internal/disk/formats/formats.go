@@ -8,6 +8,7 @@ import (
 	"github.com/ferry-project/ferry/internal/disk/archive"
 	"github.com/ferry-project/ferry/internal/disk/ova"
 	"github.com/ferry-project/ferry/internal/disk/raw"
+	"github.com/ferry-project/ferry/internal/disk/vdi"
 	"github.com/ferry-project/ferry/internal/disk/vmdk"
 	"github.com/ferry-project/ferry/internal/disk/xva"
 )
@@ -17,6 +18,7 @@ import (
 func Registry() *disk.Registry {
 	return disk.NewRegistry(
 		vmdk.Format(),
+		vdi.Format(),
 		raw.Format(),
 	)
 }

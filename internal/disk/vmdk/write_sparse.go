@@ -96,6 +96,9 @@ func newSparseWriter(t disk.Target, size int64, c createConfig) (*sparseWriter, 
 func (w *sparseWriter) Size() int64      { return w.size }
 func (w *sparseWriter) Sequential() bool { return false }
 
+// AllocationUnit is the grain size: Convert writes whole grains.
+func (w *sparseWriter) AllocationUnit() int64 { return w.grain }
+
 func (w *sparseWriter) check(off, n int64) error {
 	w.mu.Lock()
 	state := w.state
