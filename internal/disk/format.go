@@ -100,8 +100,8 @@ type OpenOptions struct {
 	OpenBacking func(ctx context.Context, path, format string) (Image, error)
 	// Size is the source's length in bytes when the caller knows it (a
 	// regular file on stdin, an HTTP Content-Length), -1 or 0 when it
-	// does not. Only OpenStream of formats that do not record the size
-	// (raw) uses it.
+	// does not. Only OpenStream of formats that record the size at the end
+	// or not at all (raw, fixed VHD) uses it.
 	Size   int64
 	Logger *slog.Logger
 }

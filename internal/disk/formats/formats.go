@@ -9,6 +9,7 @@ import (
 	"github.com/ferry-project/ferry/internal/disk/ova"
 	"github.com/ferry-project/ferry/internal/disk/raw"
 	"github.com/ferry-project/ferry/internal/disk/vdi"
+	"github.com/ferry-project/ferry/internal/disk/vhd"
 	"github.com/ferry-project/ferry/internal/disk/vmdk"
 	"github.com/ferry-project/ferry/internal/disk/xva"
 )
@@ -19,6 +20,7 @@ func Registry() *disk.Registry {
 	return disk.NewRegistry(
 		vmdk.Format(),
 		vdi.Format(),
+		vhd.Format(),
 		raw.Format(),
 	)
 }
