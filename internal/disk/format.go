@@ -57,7 +57,8 @@ type Format struct {
 	// and wrap an errs code: Corrupt for damaged structures, Unimplemented
 	// for a feature ferry does not support (named in the message).
 	Open func(ctx context.Context, f File, opts *OpenOptions) (Image, error)
-	// Create starts writing a new image of the given virtual size to t.
+	// Create starts writing a new image of the given virtual size to t,
+	// which is empty (a new file, or a stream at its start).
 	// Nil means ferry cannot write the format. Formats that need a
 	// seekable target return an InvalidArgument error for a plain Target.
 	Create func(ctx context.Context, t Target, size int64, opts *CreateOptions) (Writer, error)
@@ -96,7 +97,8 @@ type OpenOptions struct {
 	// format is the recorded format name or "" to probe. Resolving the
 	// path relative to the image, refusing loops and over-deep chains is
 	// the opener's job (see Registry). Nil means backing files are
-	// refused with an error naming the backing file.
+	// refused with an error naming the backing file and wrapping
+	// errs.ErrFailedPrecondition.
 	OpenBacking func(ctx context.Context, path, format string) (Image, error)
 	// Size is the source's length in bytes when the caller knows it (a
 	// regular file on stdin, an HTTP Content-Length), -1 or 0 when it

@@ -10,6 +10,7 @@ import (
 	"github.com/ferry-project/ferry/internal/disk/raw"
 	"github.com/ferry-project/ferry/internal/disk/vdi"
 	"github.com/ferry-project/ferry/internal/disk/vhd"
+	"github.com/ferry-project/ferry/internal/disk/vhdx"
 	"github.com/ferry-project/ferry/internal/disk/vmdk"
 	"github.com/ferry-project/ferry/internal/disk/xva"
 )
@@ -18,6 +19,7 @@ import (
 // comes last.
 func Registry() *disk.Registry {
 	return disk.NewRegistry(
+		vhdx.Format(),
 		vmdk.Format(),
 		vdi.Format(),
 		vhd.Format(),
