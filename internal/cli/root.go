@@ -93,7 +93,7 @@ and Amazon EC2.`,
 		},
 	}
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log what ferry does to standard error")
-	root.AddCommand(newImageCommand(g), newDemoCommand(g), newVersionCommand(g))
+	root.AddCommand(newImageCommand(g), newLabCommand(g), newDemoCommand(g), newVersionCommand(g))
 	return root
 }
 
