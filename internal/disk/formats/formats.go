@@ -7,6 +7,7 @@ import (
 	"github.com/ferry-project/ferry/internal/disk"
 	"github.com/ferry-project/ferry/internal/disk/archive"
 	"github.com/ferry-project/ferry/internal/disk/ova"
+	"github.com/ferry-project/ferry/internal/disk/qcow2"
 	"github.com/ferry-project/ferry/internal/disk/raw"
 	"github.com/ferry-project/ferry/internal/disk/vdi"
 	"github.com/ferry-project/ferry/internal/disk/vhd"
@@ -19,6 +20,7 @@ import (
 // comes last.
 func Registry() *disk.Registry {
 	return disk.NewRegistry(
+		qcow2.Format(),
 		vhdx.Format(),
 		vmdk.Format(),
 		vdi.Format(),
