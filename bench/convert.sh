@@ -8,8 +8,10 @@
 # SIZE defaults to 4G, FILL (fraction of the disk holding data) to 0.4.
 # PAIRS default to all of: raw-qcow2 qcow2-raw raw-vhd raw-vhdfixed
 # vhd-qcow2 raw-qcow2c raw-vmdkstream qcow2-vmdkstream vmdkstream-raw
-# raw-vhdx raw-vdi. Each run starts from a warm page cache, after a sync.
-# Work files go to bench/out (removed at the end unless KEEP=1).
+# raw-vhdx raw-vdi. Each pair runs RUNS times (default 3), ferry and
+# qemu-img alternating, each run from a warm page cache after a sync; the
+# table shows the medians. Work files go to bench/out (removed at the end
+# unless KEEP=1).
 source "$(dirname "$0")/../scripts/lib.sh"
 ensure_go
 ensure_pkgs qemu-img:qemu-utils /usr/bin/time:time
@@ -43,6 +45,9 @@ measure() {
 	cat "$OUT/time"
 }
 
+RUNS=${RUNS:-3}
+median() { sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
 printf '%-18s %10s %10s %8s %12s %12s %10s\n' pair ferry_s qemu_s ratio ferry_rss qemu_rss MB/s_ferry
 for pair in "${PAIRS[@]}"; do
 	case $pair in
@@ -59,15 +64,22 @@ for pair in "${PAIRS[@]}"; do
 	raw-vdi)          in=src.raw;   qf=raw;   ff=(-O vdi);                             qa=(-O vdi) ;;
 	*) echo "unknown pair $pair" >&2; exit 2 ;;
 	esac
-	read -r fs frss < <(measure "$FERRY" image convert "${ff[@]}" "$OUT/$in" "$OUT/ferry.out")
-	rm -f "$OUT/ferry.out"
-	read -r qs qrss < <(measure qemu-img convert -f "$qf" "${qa[@]}" "$OUT/$in" "$OUT/qemu.out")
-	rm -f "$OUT/qemu.out"
-	if [ "$fs" = FAIL ] || [ "$qs" = FAIL ]; then
+	fts=() frs=() qts=() qrs=() failed=
+	for _ in $(seq "$RUNS"); do
+		read -r fs frss < <(measure "$FERRY" image convert "${ff[@]}" "$OUT/$in" "$OUT/ferry.out")
+		rm -f "$OUT/ferry.out"
+		read -r qs qrss < <(measure qemu-img convert -f "$qf" "${qa[@]}" "$OUT/$in" "$OUT/qemu.out")
+		rm -f "$OUT/qemu.out"
+		if [ "$fs" = FAIL ] || [ "$qs" = FAIL ]; then failed=1; break; fi
+		fts+=("$fs") frs+=("$frss") qts+=("$qs") qrs+=("$qrss")
+	done
+	if [ -n "$failed" ]; then
 		printf '%-18s %10s %10s\n' "$pair" "$fs" "$qs"
 		continue
 	fi
+	fs=$(printf '%s\n' "${fts[@]}" | median) qs=$(printf '%s\n' "${qts[@]}" | median)
+	frss=$(printf '%s\n' "${frs[@]}" | sort -g | tail -n1) qrss=$(printf '%s\n' "${qrs[@]}" | sort -g | tail -n1)
 	awk -v p="$pair" -v f="$fs" -v q="$qs" -v fr="$frss" -v qr="$qrss" -v d="$DATA" 'BEGIN {
 		printf "%-18s %10.2f %10.2f %8.2f %9.0f MiB %9.0f MiB %10.0f\n", p, f, q, (q > 0 ? f/q : 0), fr/1024, qr/1024, (f > 0 ? d/1e6/f : 0) }'
 done
-log "data in the source: $((DATA / 1000000)) MB; ratio = ferry time / qemu-img time"
+log "data in the source: $((DATA / 1000000)) MB; times are medians of $RUNS runs, RSS the highest; ratio = ferry time / qemu-img time"

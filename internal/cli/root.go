@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -28,7 +29,9 @@ type Globals struct {
 	Logger         *slog.Logger
 	Images         *service.Images
 
-	verbose bool
+	verbose    bool
+	cpuProfile string
+	stopProf   func()
 }
 
 // isTerminal reports whether w is a terminal (progress bars only go there).
@@ -83,16 +86,35 @@ VMDK, VDI) with a pure-Go engine, and moves VMs between XenServer/KVM pools
 and Amazon EC2.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+		PersistentPostRun: func(*cobra.Command, []string) {
+			if g.stopProf != nil {
+				g.stopProf()
+			}
+		},
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if g.cpuProfile != "" {
+				f, err := os.Create(g.cpuProfile)
+				if err != nil {
+					return err
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					f.Close()
+					return err
+				}
+				g.stopProf = func() { pprof.StopCPUProfile(); f.Close() }
+			}
 			level := slog.LevelWarn
 			if g.verbose {
 				level = slog.LevelDebug
 			}
 			g.Logger = slog.New(slog.NewTextHandler(g.Stderr, &slog.HandlerOptions{Level: level}))
 			g.Images = service.NewImages(formats.Registry(), formats.Archives(), g.Logger)
+			return nil
 		},
 	}
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log what ferry does to standard error")
+	root.PersistentFlags().StringVar(&g.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file")
+	root.PersistentFlags().MarkHidden("cpuprofile")
 	root.AddCommand(newImageCommand(g), newLabCommand(g), newDemoCommand(g), newVersionCommand(g))
 	return root
 }
