@@ -359,26 +359,19 @@ func (s *Images) Map(ctx context.Context, r OpenRequest) (iter.Seq2[MapEntry, er
 		return nil, nil, err
 	}
 	seq := func(yield func(MapEntry, error) bool) {
-		var cur MapEntry
-		have := false
+		m := disk.NewMerger(func(e disk.Extent, _ error) bool {
+			return yield(MapEntry{Start: e.Off, Length: e.Len, Kind: e.Kind.String(), Data: e.Kind == disk.Data, Zero: e.Kind != disk.Data}, nil)
+		})
 		for e, err := range img.Extents(ctx, 0, img.Size()) {
 			if err != nil {
 				yield(MapEntry{}, err)
 				return
 			}
-			if have && cur.Kind == e.Kind.String() && cur.Start+cur.Length == e.Off {
-				cur.Length += e.Len
-				continue
-			}
-			if have && !yield(cur, nil) {
+			if !m.Push(e) {
 				return
 			}
-			cur = MapEntry{Start: e.Off, Length: e.Len, Kind: e.Kind.String(), Data: e.Kind == disk.Data, Zero: e.Kind != disk.Data}
-			have = true
 		}
-		if have {
-			yield(cur, nil)
-		}
+		m.Flush()
 	}
 	return seq, img.Close, nil
 }

@@ -558,16 +558,11 @@ func (img *image) Extents(ctx context.Context, off, n int64) iter.Seq2[disk.Exte
 		if off >= end {
 			return
 		}
-		var pend disk.Extent
+		m := disk.NewMerger(yield)
 		push := func(e disk.Extent) error {
-			if pend.Len > 0 && pend.Kind == e.Kind && pend.End() == e.Off {
-				pend.Len += e.Len
-				return nil
-			}
-			if pend.Len > 0 && !yield(pend, nil) {
+			if !m.Push(e) {
 				return errStop
 			}
-			pend = e
 			return nil
 		}
 		err := img.walk(off, end, func(r run) error {
@@ -614,9 +609,7 @@ func (img *image) Extents(ctx context.Context, off, n int64) iter.Seq2[disk.Exte
 			yield(disk.Extent{}, err)
 			return
 		}
-		if pend.Len > 0 {
-			yield(pend, nil)
-		}
+		m.Flush()
 	}
 }
 

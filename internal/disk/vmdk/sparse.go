@@ -540,18 +540,8 @@ func inflateInto(pool *sync.Pool, comp, out []byte, grain int64) error {
 // ascending order, adjacent same kinds merged.
 func (e *sparseExtent) runs(ctx context.Context, off, n int64) iter.Seq2[disk.Extent, error] {
 	return func(yield func(disk.Extent, error) bool) {
-		var cur disk.Extent
-		emit := func(r disk.Extent) bool {
-			if cur.Len > 0 && cur.Kind == r.Kind && cur.End() == r.Off {
-				cur.Len += r.Len
-				return true
-			}
-			if cur.Len > 0 && !yield(cur, nil) {
-				return false
-			}
-			cur = r
-			return true
-		}
+		m := disk.NewMerger(yield)
+		emit := m.Push
 		end := off + n
 		span := e.grain * e.numGTEs
 		for o := off; o < end; {
@@ -582,9 +572,7 @@ func (e *sparseExtent) runs(ctx context.Context, off, n int64) iter.Seq2[disk.Ex
 				o = gEnd
 			}
 		}
-		if cur.Len > 0 {
-			yield(cur, nil)
-		}
+		m.Flush()
 	}
 }
 
