@@ -28,7 +28,7 @@ ensure_pkgs() {
 		as_root apt-get update -qq
 		apt_updated=1
 	fi
-	DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+	DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 go_ok() {
