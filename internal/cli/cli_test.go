@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -169,5 +170,36 @@ func TestConvertStdin(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "c.raw")); !os.IsNotExist(err) {
 		t.Fatal("output left behind")
+	}
+}
+
+// TestStreamVMDKThroughPipes converts a disk to streamOptimized VMDK on
+// standard output, and that stream from standard input to qcow2: both ends
+// non-seekable.
+func TestStreamVMDKThroughPipes(t *testing.T) {
+	dir := t.TempDir()
+	pt := &disktest.Pattern{Name: "s", Size: 9<<20 + 512, Seed: 6, Data: []disk.Extent{{Off: 0, Len: 3 << 20}, {Off: 8 << 20, Len: 1<<20 + 512}}}
+	src := writeRaw(t, dir, "s.raw", pt)
+	var stream, errb bytes.Buffer
+	if code := Execute(t.Context(), []string{"image", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", src, "-"}, strings.NewReader(""), &stream, &errb); code != 0 {
+		t.Fatalf("to stdout: %d %s", code, errb.String())
+	}
+	if !bytes.HasPrefix(stream.Bytes(), []byte("KDMV")) {
+		t.Fatal("standard output does not hold a VMDK")
+	}
+	dst := filepath.Join(dir, "s.qcow2")
+	var out bytes.Buffer
+	if code := Execute(t.Context(), []string{"image", "convert", "-O", "qcow2", "-", dst}, io.NopCloser(&stream), &out, &errb); code != 0 {
+		t.Fatalf("from stdin: %d %s", code, errb.String())
+	}
+	if code, o, e := run(t, "image", "compare", src, dst); code != 0 {
+		t.Fatalf("compare: %d %s %s", code, o, e)
+	}
+	// a format whose tables come last cannot be read from a stream
+	qc, _ := os.ReadFile(dst)
+	errb.Reset()
+	code := Execute(t.Context(), []string{"image", "convert", "-O", "raw", "-", filepath.Join(dir, "x.raw")}, bytes.NewReader(qc), &out, &errb)
+	if code == 0 || !strings.Contains(errb.String(), "cannot be read from a non-seekable source") {
+		t.Fatalf("qcow2 from a stream: %d %s", code, errb.String())
 	}
 }
