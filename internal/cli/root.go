@@ -115,7 +115,8 @@ and Amazon EC2.`,
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log what ferry does to standard error")
 	root.PersistentFlags().StringVar(&g.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file")
 	root.PersistentFlags().MarkHidden("cpuprofile")
-	root.AddCommand(newImageCommand(g), newLabCommand(g), newDemoCommand(g), newVersionCommand(g))
+	root.AddCommand(newImageCommand(g), newServeCommand(g), newWorkerCommand(g), newSiteCommand(g), newVMCommand(g),
+		newJobCommand(g), newTokenCommand(g), newAuditCommand(g), newLabCommand(g), newDemoCommand(g), newVersionCommand(g))
 	return root
 }
 

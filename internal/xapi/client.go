@@ -29,6 +29,8 @@ type Options struct {
 	// CAFile is a PEM file of CA certificates to verify the pool's
 	// certificate against, instead of the system roots.
 	CAFile string
+	// CAPEM holds the same certificates in memory, instead of CAFile.
+	CAPEM []byte
 	// Fingerprint pins the pool's certificate: the SHA-256 digest of the
 	// leaf certificate (see ParseFingerprint), or several separated by
 	// commas (one per pool member, for redirects). The chain and host name

@@ -62,7 +62,7 @@ func (e *pinError) Error() string {
 // roots, Insecure skips verification. Plain http needs none.
 func tlsConfig(u *url.URL, o *Options) (*tls.Config, error) {
 	if u.Scheme != "https" {
-		if o.CAFile != "" || o.Fingerprint != "" {
+		if o.CAFile != "" || len(o.CAPEM) > 0 || o.Fingerprint != "" {
 			return nil, fmt.Errorf("xapi %s: a CA file or fingerprint needs an https URL: %w", u.Host, errs.ErrInvalidArgument)
 		}
 		return nil, nil
@@ -72,7 +72,7 @@ func tlsConfig(u *url.URL, o *Options) (*tls.Config, error) {
 	if o.Insecure {
 		n++
 	}
-	if o.CAFile != "" {
+	if o.CAFile != "" || len(o.CAPEM) > 0 {
 		n++
 	}
 	if o.Fingerprint != "" {
@@ -110,6 +110,12 @@ func tlsConfig(u *url.URL, o *Options) (*tls.Config, error) {
 			}
 			return &pinError{got: Fingerprint(raw[0])}
 		}
+	case len(o.CAPEM) > 0:
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(o.CAPEM) {
+			return nil, fmt.Errorf("xapi %s: the CA certificates given hold no PEM certificate: %w", u.Host, errs.ErrInvalidArgument)
+		}
+		cfg.RootCAs = pool
 	case o.CAFile != "":
 		pem, err := os.ReadFile(o.CAFile)
 		if err != nil {

@@ -71,6 +71,7 @@ type Config struct {
 	// CAFile, Fingerprint and Insecure choose how the pool's certificate
 	// is checked (see xapi.Options); at most one.
 	CAFile      string
+	CAPEM       []byte // the CA certificates themselves, instead of CAFile
 	Fingerprint string
 	Insecure    bool
 	// EnableCBT makes Snapshot enable changed block tracking on the VM's
@@ -121,7 +122,7 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*Provider, erro
 		return nil, fmt.Errorf("xen: import format %q: want vhd or raw: %w", cfg.ImportFormat, errs.ErrInvalidArgument)
 	}
 	c, err := xapi.Dial(ctx, cfg.URL, &xapi.Options{
-		User: cfg.User, Password: cfg.Password, CAFile: cfg.CAFile, Fingerprint: cfg.Fingerprint,
+		User: cfg.User, Password: cfg.Password, CAFile: cfg.CAFile, CAPEM: cfg.CAPEM, Fingerprint: cfg.Fingerprint,
 		Insecure: cfg.Insecure, Logger: logger, Transport: cfg.Transport,
 	})
 	if err != nil {
