@@ -69,3 +69,24 @@ build_ferry() {
 		-ldflags "-s -w -X github.com/ferry-project/ferry/internal/cli.Version=$(git describe --always --dirty 2>/dev/null || echo dev)" \
 		-o bin/ferry ./cmd/ferry)
 }
+
+# ensure_postgres installs PostgreSQL's server binaries (the scale-out tests
+# start their own cluster in a temporary directory; no service is started).
+ensure_postgres() {
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && return 0
+	log "installing postgresql (apt-get)"
+	if [ -z "$apt_updated" ]; then
+		as_root apt-get update -qq
+		apt_updated=1
+	fi
+	DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+}
+
+# ensure_versitygw builds the versitygw S3 gateway into the cache once
+# (a few minutes on a cold module cache); the S3 tests start it themselves.
+ensure_versitygw() {
+	[ -x "$FERRY_CACHE/bin/versitygw" ] && return 0
+	log "building versitygw v1.8.0 into $FERRY_CACHE/bin (once)"
+	mkdir -p "$FERRY_CACHE/bin"
+	(cd "$FERRY_CACHE" && GOBIN="$FERRY_CACHE/bin" GOFLAGS=-mod=mod go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)
+}
