@@ -37,18 +37,18 @@ prep() { # name qemu-args...
 	qemu-img convert -f raw "$@" "$OUT/src.raw" "$OUT/$name"
 }
 
-# measure LABEL CMD...: prints "seconds rss_kib"
+# measure CMD...: prints "wall_seconds rss_kib cpu_seconds"
 measure() {
 	sync
 	cat "$OUT"/src.* >/dev/null 2>&1 || true
-	/usr/bin/time -f '%e %M' -o "$OUT/time" "$@" >/dev/null 2>"$OUT/err" || { cat "$OUT/err" >&2; echo "FAIL"; return; }
-	cat "$OUT/time"
+	/usr/bin/time -f '%e %M %U %S' -o "$OUT/time" "$@" >/dev/null 2>"$OUT/err" || { cat "$OUT/err" >&2; echo "FAIL"; return; }
+	awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }' "$OUT/time"
 }
 
 RUNS=${RUNS:-3}
 median() { sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-printf '%-18s %10s %10s %8s %12s %12s %10s\n' pair ferry_s qemu_s ratio ferry_rss qemu_rss MB/s_ferry
+printf '%-18s %9s %9s %7s %9s %9s %7s %11s %11s %10s\n' pair ferry_s qemu_s ratio ferry_cpu qemu_cpu cpu_rat ferry_rss qemu_rss MB/s_ferry
 for pair in "${PAIRS[@]}"; do
 	case $pair in
 	raw-qcow2)        in=src.raw;   qf=raw;   ff=(-O qcow2);                           qa=(-O qcow2) ;;
@@ -64,22 +64,23 @@ for pair in "${PAIRS[@]}"; do
 	raw-vdi)          in=src.raw;   qf=raw;   ff=(-O vdi);                             qa=(-O vdi) ;;
 	*) echo "unknown pair $pair" >&2; exit 2 ;;
 	esac
-	fts=() frs=() qts=() qrs=() failed=
+	fts=() frs=() qts=() qrs=() fcs=() qcs=() failed=
 	for _ in $(seq "$RUNS"); do
-		read -r fs frss < <(measure "$FERRY" image convert "${ff[@]}" "$OUT/$in" "$OUT/ferry.out")
+		read -r fs frss fc < <(measure "$FERRY" image convert "${ff[@]}" "$OUT/$in" "$OUT/ferry.out")
 		rm -f "$OUT/ferry.out"
-		read -r qs qrss < <(measure qemu-img convert -f "$qf" "${qa[@]}" "$OUT/$in" "$OUT/qemu.out")
+		read -r qs qrss qc < <(measure qemu-img convert -f "$qf" "${qa[@]}" "$OUT/$in" "$OUT/qemu.out")
 		rm -f "$OUT/qemu.out"
 		if [ "$fs" = FAIL ] || [ "$qs" = FAIL ]; then failed=1; break; fi
-		fts+=("$fs") frs+=("$frss") qts+=("$qs") qrs+=("$qrss")
+		fts+=("$fs") frs+=("$frss") qts+=("$qs") qrs+=("$qrss") fcs+=("$fc") qcs+=("$qc")
 	done
 	if [ -n "$failed" ]; then
 		printf '%-18s %10s %10s\n' "$pair" "$fs" "$qs"
 		continue
 	fi
 	fs=$(printf '%s\n' "${fts[@]}" | median) qs=$(printf '%s\n' "${qts[@]}" | median)
+	fc=$(printf '%s\n' "${fcs[@]}" | median) qc=$(printf '%s\n' "${qcs[@]}" | median)
 	frss=$(printf '%s\n' "${frs[@]}" | sort -g | tail -n1) qrss=$(printf '%s\n' "${qrs[@]}" | sort -g | tail -n1)
-	awk -v p="$pair" -v f="$fs" -v q="$qs" -v fr="$frss" -v qr="$qrss" -v d="$DATA" 'BEGIN {
-		printf "%-18s %10.2f %10.2f %8.2f %9.0f MiB %9.0f MiB %10.0f\n", p, f, q, (q > 0 ? f/q : 0), fr/1024, qr/1024, (f > 0 ? d/1e6/f : 0) }'
+	awk -v p="$pair" -v f="$fs" -v q="$qs" -v fc="$fc" -v qc="$qc" -v fr="$frss" -v qr="$qrss" -v d="$DATA" 'BEGIN {
+		printf "%-18s %9.2f %9.2f %7.2f %9.2f %9.2f %7.2f %7.0f MiB %7.0f MiB %10.0f\n", p, f, q, (q > 0 ? f/q : 0), fc, qc, (qc > 0 ? fc/qc : 0), fr/1024, qr/1024, (f > 0 ? d/1e6/f : 0) }'
 done
-log "data in the source: $((DATA / 1000000)) MB; times are medians of $RUNS runs, RSS the highest; ratio = ferry time / qemu-img time"
+log "data in the source: $((DATA / 1000000)) MB; wall and CPU (user+sys) seconds are medians of $RUNS runs, RSS the highest; ratio = ferry / qemu-img"
