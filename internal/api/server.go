@@ -10,13 +10,14 @@
 // later migrations) start a job and answer async; GET the Location, or
 // stream /api/v1/jobs/{id}/events, to follow it.
 //
-// Requests carry "Authorization: Bearer ferry_..." tokens. Each route needs
+// Requests carry "Authorization: Bearer ferry_..." tokens; the two event
+// streams also take ?access_token=ferry_... for browsers' EventSource. Each route needs
 // a role (viewer for reads, operator for operations, admin for tokens and
 // site credentials); a missing or unknown token is 401, a token without
 // the role 403. Every mutating request, allowed or not, is appended to the
 // hash-chained audit log. The routes are described by the OpenAPI 3
 // document served at /api/v1/openapi.json, which a test holds to the
-// router.
+// router. The web UI (internal/web) is served at /.
 package api
 
 import (
@@ -35,6 +36,7 @@ import (
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/metrics"
 	"github.com/ferry-project/ferry/internal/service"
+	"github.com/ferry-project/ferry/internal/web"
 )
 
 //go:embed openapi.json
@@ -54,6 +56,8 @@ type Options struct {
 	// EventPoll is how often event streams look for events written by
 	// other nodes (default 1 s).
 	EventPoll time.Duration
+	// NoUI leaves the web UI (internal/web) off /.
+	NoUI bool
 }
 
 // Server serves the API.
@@ -73,7 +77,12 @@ type Route struct {
 	Pattern string
 	// Role is the least role allowed; "" means no token is needed.
 	Role auth.Role
-	h    handler
+	// QueryToken lets the token come as ?access_token= when the request
+	// has no Authorization header: only for the server-sent event
+	// streams, which browsers open with EventSource (it cannot send
+	// headers).
+	QueryToken bool
+	h          handler
 }
 
 // handler serves one request for principal p. It returns the error to
@@ -103,10 +112,14 @@ func New(cp *service.ControlPlane, o *Options) *Server {
 	if s.o.Metrics != nil {
 		s.mux.Handle("GET /metrics", s.o.Metrics.Handler())
 	}
+	if !s.o.NoUI {
+		s.mux.Handle("/", web.Handler())
+	}
 	return s
 }
 
-// Handler is the server's HTTP handler (the API and /metrics).
+// Handler is the server's HTTP handler (the API, /metrics and the web UI
+// at /).
 func (s *Server) Handler() http.Handler { return s.mux }
 
 // Routes lists the API's routes.
@@ -118,6 +131,7 @@ func (s *Server) table() []Route {
 	p := func(m, path string, role auth.Role, h handler) Route {
 		return Route{Method: m, Pattern: Prefix + path, Role: role, h: h}
 	}
+	sse := func(rt Route) Route { rt.QueryToken = true; return rt }
 	return []Route{
 		p("GET", "/health", "", s.health),
 		p("GET", "/openapi.json", "", s.openapi),
@@ -140,8 +154,8 @@ func (s *Server) table() []Route {
 		p("GET", "/jobs/{id}", v, s.getJob),
 		p("POST", "/jobs/{id}/cancel", o, s.cancelJob),
 		p("POST", "/jobs/{id}/retry", o, s.retryJob),
-		p("GET", "/jobs/{id}/events", v, s.jobEvents),
-		p("GET", "/events", v, s.allEvents),
+		sse(p("GET", "/jobs/{id}/events", v, s.jobEvents)),
+		sse(p("GET", "/events", v, s.allEvents)),
 
 		p("POST", "/images/convert", o, s.convertImage),
 
@@ -212,7 +226,13 @@ func (s *Server) authorize(r *http.Request, rt Route, p *auth.Principal) error {
 	if rt.Role == "" {
 		return nil
 	}
-	got, err := auth.Authenticate(r.Context(), s.cp.Store, r.Header.Get("Authorization"))
+	header := r.Header.Get("Authorization")
+	if header == "" && rt.QueryToken {
+		if tok := r.URL.Query().Get("access_token"); tok != "" {
+			header = "Bearer " + tok
+		}
+	}
+	got, err := auth.Authenticate(r.Context(), s.cp.Store, header)
 	if err != nil {
 		return err
 	}

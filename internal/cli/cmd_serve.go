@@ -57,7 +57,8 @@ func newServeCommand(g *Globals) *cobra.Command {
 		Use:   "serve",
 		Short: "Run the control plane: REST API, job workers, inventory refresh",
 		Long: `Serve the REST API (/api/v1, OpenAPI at /api/v1/openapi.json, Prometheus
-metrics at /metrics), run jobs, and keep the inventory of every site fresh.
+metrics at /metrics) and the web UI (/; sign in with an API token), run jobs,
+and keep the inventory of every site fresh.
 
 State lives in the data directory (SQLite, ferry.db) or, with --database
 postgres://..., in PostgreSQL, shared with any number of 'ferry worker'
