@@ -12,6 +12,6 @@ state in a local directory: disk files, and QEMU guests when QEMU is
 installed. ferry's providers talk to the lab exactly as they talk to real
 pools and regions, so everything can be tried and tested on one machine.`,
 	}
-	cmd.AddCommand(newLabXenCommand(g))
+	cmd.AddCommand(newLabXenCommand(g), newLabAWSCommand(g))
 	return cmd
 }

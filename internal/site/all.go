@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"github.com/ferry-project/ferry/internal/provider"
+	"github.com/ferry-project/ferry/internal/provider/aws"
 	"github.com/ferry-project/ferry/internal/provider/fake"
 	"github.com/ferry-project/ferry/internal/provider/xen"
 )
@@ -23,6 +24,21 @@ func Kinds() *Registry {
 				Name: c.Name, URL: c.Endpoint, User: c.Settings["user"], Password: xen.Secret(c.Secret("password")),
 				CAPEM: []byte(c.Settings["ca_pem"]), Fingerprint: c.Settings["fingerprint"],
 				Insecure: c.Settings["insecure"] == "true", EnableCBT: c.Settings["cbt"] == "true",
+			}, l)
+		},
+	})
+	r.Add(Kind{
+		Name: provider.KindAWS, Doc: "Amazon EC2 region (EC2, EBS direct APIs, S3)",
+		Settings:         []string{"region", "profile", "bucket", "prefix", "root_device", "volume_type"},
+		RequiredSettings: []string{"region"},
+		Secrets:          []string{"access_key_id", "secret_access_key", "session_token"},
+		Open: func(ctx context.Context, c Config, l *slog.Logger) (provider.Provider, error) {
+			return aws.Open(ctx, aws.Config{
+				Name: c.Name, Region: c.Settings["region"], Profile: c.Settings["profile"], Endpoint: c.Endpoint,
+				AccessKey: c.Secret("access_key_id"), SecretKey: aws.Secret(c.Secret("secret_access_key")),
+				SessionToken: aws.Secret(c.Secret("session_token")),
+				Bucket:       c.Settings["bucket"], Prefix: c.Settings["prefix"],
+				RootDevice: c.Settings["root_device"], VolumeType: c.Settings["volume_type"],
 			}, l)
 		},
 	})

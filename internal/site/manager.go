@@ -358,13 +358,23 @@ type TestResult struct {
 	LatencyMS int64         `json:"latency_ms"`
 }
 
-// Test connects to a site afresh and reports its version and capabilities.
+// errFirstVM stops Test's listing at the first VM.
+var errFirstVM = errors.New("first vm")
+
+// Test connects to a site afresh, makes one authenticated call (a VM
+// listing stopped at the first VM: opening a provider may be lazy, as the
+// AWS SDK is) and reports the site's version and capabilities.
 func (m *Manager) Test(ctx context.Context, name core.SiteName) (TestResult, error) {
 	start := time.Now()
 	m.drop(name)
 	p, err := m.Provider(ctx, name)
 	if err != nil {
 		return TestResult{Site: name}, err
+	}
+	err = p.ListVMs(ctx, provider.Filter{}, func(core.VM) error { return errFirstVM })
+	if err != nil && !errors.Is(err, errFirstVM) {
+		m.drop(name)
+		return TestResult{Site: name}, fmt.Errorf("site %s: %w", name, err)
 	}
 	return TestResult{Site: name, Info: p.Info(), LatencyMS: time.Since(start).Milliseconds()}, nil
 }

@@ -1,0 +1,446 @@
+package awslab
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"iter"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+
+	"github.com/ferry-project/ferry/internal/disk"
+	"github.com/ferry-project/ferry/internal/errs"
+)
+
+// blockSize is the EBS snapshot block: 512 KiB.
+const blockSize = 512 << 10
+
+// blocksPerGiB is how many blocks a GiB of volume holds.
+const blocksPerGiB = gib / blockSize
+
+// hash is the SHA-256 of a block's 512 KiB, its name in the block store.
+type hash [32]byte
+
+// blockStore keeps snapshot blocks on disk, content-addressed: each
+// distinct 512 KiB block once, in blocks/<first byte in hex>/<sha256>.
+// Blocks are written to a temporary name, synced and renamed, so a block
+// file is always whole. Writers hold the read side of gc while they store
+// a block and record it in an index; a sweep holds the write side.
+type blockStore struct {
+	dir string
+	gc  sync.RWMutex
+}
+
+func (b *blockStore) path(h hash) string {
+	x := hex.EncodeToString(h[:])
+	return filepath.Join(b.dir, x[:2], x)
+}
+
+// put stores a 512 KiB block and returns its hash. The caller holds gc
+// for reading until the block is recorded in an index.
+func (b *blockStore) put(p []byte) (hash, error) {
+	if len(p) != blockSize {
+		return hash{}, fmt.Errorf("store block: %d bytes, a block is %d: %w", len(p), blockSize, errs.ErrInvalidArgument)
+	}
+	h := hash(sha256.Sum256(p))
+	path := b.path(h)
+	if _, err := os.Stat(path); err == nil {
+		return h, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return h, fmt.Errorf("store block: %w", err)
+	}
+	if err := writeFileAtomic(path, p, 0o644); err != nil {
+		return h, fmt.Errorf("store block: %w", err)
+	}
+	return h, nil
+}
+
+// read reads a block into p (512 KiB) and checks its hash.
+func (b *blockStore) read(h hash, p []byte) error {
+	f, err := os.Open(b.path(h))
+	if err != nil {
+		return fmt.Errorf("read block %x: %w", h[:8], err)
+	}
+	defer f.Close()
+	if _, err := io.ReadFull(f, p[:blockSize]); err != nil {
+		return fmt.Errorf("read block %x: %w", h[:8], err)
+	}
+	if sha256.Sum256(p[:blockSize]) != h {
+		return fmt.Errorf("block %x: content does not match its hash: %w", h[:8], errs.ErrDataLoss)
+	}
+	return nil
+}
+
+// sweep removes the blocks no index refers to. live lists the hashes
+// every index holds; the caller holds gc for writing.
+func (b *blockStore) sweep(live map[hash]bool) (int, error) {
+	dirs, err := os.ReadDir(b.dir)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, d := range dirs {
+		if !d.IsDir() {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(b.dir, d.Name()))
+		if err != nil {
+			return n, err
+		}
+		for _, f := range files {
+			raw, err := hex.DecodeString(f.Name())
+			if err != nil || len(raw) != 32 {
+				if filepath.Ext(f.Name()) != "" || len(f.Name()) > 64 {
+					os.Remove(filepath.Join(b.dir, d.Name(), f.Name())) // a crashed temporary
+				}
+				continue
+			}
+			if !live[hash(raw)] {
+				os.Remove(filepath.Join(b.dir, d.Name(), f.Name()))
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
+// entry is one block of a snapshot: its index and content hash.
+type entry struct {
+	Index int64
+	Hash  hash
+}
+
+// index is a snapshot's blocks, sorted by block index. Blocks absent
+// read as zeros.
+type index []entry
+
+func (x index) find(i int64) (hash, bool) {
+	k := sort.Search(len(x), func(k int) bool { return x[k].Index >= i })
+	if k < len(x) && x[k].Index == i {
+		return x[k].Hash, true
+	}
+	return hash{}, false
+}
+
+// from returns the entries at or after block index i.
+func (x index) from(i int64) index {
+	k := sort.Search(len(x), func(k int) bool { return x[k].Index >= i })
+	return x[k:]
+}
+
+// merge lays over on top of x and returns the result.
+func (x index) merge(over index) index {
+	out := make(index, 0, len(x)+len(over))
+	i, j := 0, 0
+	for i < len(x) || j < len(over) {
+		switch {
+		case j == len(over) || i < len(x) && x[i].Index < over[j].Index:
+			out = append(out, x[i])
+			i++
+		case i == len(x) || over[j].Index < x[i].Index:
+			out = append(out, over[j])
+			j++
+		default:
+			out = append(out, over[j])
+			i++
+			j++
+		}
+	}
+	return out
+}
+
+const (
+	indexMagic   = "FLBI" // ferry lab block index
+	journalMagic = "FLBJ" // ferry lab block journal
+)
+
+// The index file: magic, version (uint32), count (uint64), then count
+// entries of index (uint64) and hash (32 bytes), ascending. The journal
+// of a snapshot being written: magic, version, then appended records of
+// index and hash; the last record of an index wins.
+
+func (s *Server) indexPath(id string) string { return filepath.Join(s.dir, "snapshots", id+".idx") }
+func (s *Server) journalPath(id string) string {
+	return filepath.Join(s.dir, "snapshots", id+".journal")
+}
+
+func writeIndex(path string, x index) error {
+	var b bytes.Buffer
+	b.WriteString(indexMagic)
+	binary.Write(&b, binary.LittleEndian, uint32(1))
+	binary.Write(&b, binary.LittleEndian, uint64(len(x)))
+	for _, e := range x {
+		binary.Write(&b, binary.LittleEndian, uint64(e.Index))
+		b.Write(e.Hash[:])
+	}
+	return writeFileAtomic(path, b.Bytes(), 0o644)
+}
+
+func readIndex(path string) (index, error) {
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil, fmt.Errorf("block index %s: %w", filepath.Base(path), errs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read block index: %w", err)
+	}
+	if len(b) < 16 || string(b[:4]) != indexMagic || binary.LittleEndian.Uint32(b[4:]) != 1 {
+		return nil, fmt.Errorf("block index %s: bad header: %w", filepath.Base(path), errs.ErrCorrupt)
+	}
+	n := binary.LittleEndian.Uint64(b[8:])
+	if n > uint64(len(b)-16)/40 || uint64(len(b)-16) != n*40 {
+		return nil, fmt.Errorf("block index %s: %d entries in %d bytes: %w", filepath.Base(path), n, len(b), errs.ErrCorrupt)
+	}
+	x := make(index, n)
+	for i := range x {
+		o := 16 + 40*i
+		x[i].Index = int64(binary.LittleEndian.Uint64(b[o:]))
+		copy(x[i].Hash[:], b[o+8:o+40])
+		if i > 0 && x[i].Index <= x[i-1].Index {
+			return nil, fmt.Errorf("block index %s: entries out of order: %w", filepath.Base(path), errs.ErrCorrupt)
+		}
+	}
+	return x, nil
+}
+
+// journal is the append-only record of the blocks written to a snapshot
+// through PutSnapshotBlock.
+type journal struct {
+	mu sync.Mutex
+	f  *os.File
+}
+
+func openJournal(path string) (*journal, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open block journal: %w", err)
+	}
+	st, err := f.Stat()
+	if err == nil && st.Size() == 0 {
+		var b bytes.Buffer
+		b.WriteString(journalMagic)
+		binary.Write(&b, binary.LittleEndian, uint32(1))
+		_, err = f.Write(b.Bytes())
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open block journal: %w", err)
+	}
+	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open block journal: %w", err)
+	}
+	return &journal{f: f}, nil
+}
+
+// add records block i with hash h, durably.
+func (j *journal) add(i int64, h hash) error {
+	var rec [40]byte
+	binary.LittleEndian.PutUint64(rec[:], uint64(i))
+	copy(rec[8:], h[:])
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if _, err := j.f.Write(rec[:]); err != nil {
+		return fmt.Errorf("record block %d: %w", i, err)
+	}
+	if err := j.f.Sync(); err != nil {
+		return fmt.Errorf("record block %d: %w", i, err)
+	}
+	return nil
+}
+
+func (j *journal) close() error { return j.f.Close() }
+
+// readJournal returns the blocks a journal records, the last record of
+// each index winning. A torn last record (a crash mid-write) is ignored.
+func readJournal(path string) (index, error) {
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read block journal: %w", err)
+	}
+	if len(b) < 8 || string(b[:4]) != journalMagic {
+		return nil, fmt.Errorf("block journal %s: bad header: %w", filepath.Base(path), errs.ErrCorrupt)
+	}
+	m := map[int64]hash{}
+	for o := 8; o+40 <= len(b); o += 40 {
+		var h hash
+		copy(h[:], b[o+8:o+40])
+		m[int64(binary.LittleEndian.Uint64(b[o:]))] = h
+	}
+	x := make(index, 0, len(m))
+	for i, h := range m {
+		x = append(x, entry{i, h})
+	}
+	slices.SortFunc(x, func(a, b entry) int {
+		switch {
+		case a.Index < b.Index:
+			return -1
+		case a.Index > b.Index:
+			return 1
+		}
+		return 0
+	})
+	return x, nil
+}
+
+// snapImage presents a snapshot's blocks as a disk image of its volume
+// size: stored blocks are data, everything else unallocated.
+type snapImage struct {
+	store *blockStore
+	idx   index
+	size  int64
+	pool  sync.Pool
+}
+
+func newSnapImage(store *blockStore, idx index, size int64) *snapImage {
+	return &snapImage{store: store, idx: idx, size: size, pool: sync.Pool{New: func() any { b := make([]byte, blockSize); return &b }}}
+}
+
+func (i *snapImage) Size() int64  { return i.size }
+func (i *snapImage) Close() error { return nil }
+func (i *snapImage) Info() disk.Info {
+	return disk.Info{Format: "ebs-snapshot", VirtualSize: i.size, ClusterSize: blockSize}
+}
+
+func (i *snapImage) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("read snapshot at %d: negative offset: %w", off, errs.ErrInvalidArgument)
+	}
+	if off >= i.size {
+		return 0, io.EOF
+	}
+	want := len(p)
+	var err error
+	if int64(want) > i.size-off {
+		want = int(i.size - off)
+		err = io.EOF
+	}
+	bp := i.pool.Get().(*[]byte)
+	defer i.pool.Put(bp)
+	buf := *bp
+	for n := 0; n < want; {
+		pos := off + int64(n)
+		blk := pos / blockSize
+		in := pos % blockSize
+		k := min(want-n, int(blockSize-in))
+		if h, ok := i.idx.find(blk); ok {
+			if rerr := i.store.read(h, buf); rerr != nil {
+				return n, rerr
+			}
+			copy(p[n:n+k], buf[in:])
+		} else {
+			clear(p[n : n+k])
+		}
+		n += k
+	}
+	return want, err
+}
+
+func (i *snapImage) Extents(ctx context.Context, off, n int64) iter.Seq2[disk.Extent, error] {
+	return func(yield func(disk.Extent, error) bool) {
+		end := min(off+n, i.size)
+		pos := max(off, 0)
+		for _, e := range i.idx.from(pos / blockSize) {
+			if pos >= end {
+				return
+			}
+			if err := ctx.Err(); err != nil {
+				yield(disk.Extent{}, err)
+				return
+			}
+			bs, be := e.Index*blockSize, min((e.Index+1)*blockSize, end)
+			if bs >= end {
+				break
+			}
+			if bs > pos {
+				if !yield(disk.Extent{Off: pos, Len: bs - pos, Kind: disk.Unallocated}, nil) {
+					return
+				}
+				pos = bs
+			}
+			if be > pos {
+				if !yield(disk.Extent{Off: pos, Len: be - pos, Kind: disk.Data}, nil) {
+					return
+				}
+				pos = be
+			}
+		}
+		if pos < end {
+			yield(disk.Extent{Off: pos, Len: end - pos, Kind: disk.Unallocated}, nil)
+		}
+	}
+}
+
+var _ disk.Image = (*snapImage)(nil)
+
+// storeImage reads img block by block and stores every block that holds
+// data other than zeros, calling progress with the bytes covered so far.
+// The caller holds the store's gc lock for reading until the index is
+// written.
+func storeImage(ctx context.Context, store *blockStore, img disk.Image, progress func(done, total int64)) (index, int64, error) {
+	size := img.Size()
+	buf := make([]byte, blockSize)
+	var x index
+	var stored int64
+	last := int64(-1)
+	for e, err := range img.Extents(ctx, 0, size) {
+		if err != nil {
+			return nil, 0, err
+		}
+		if e.Kind != disk.Data {
+			continue
+		}
+		for blk := max(e.Off/blockSize, last+1); blk*blockSize < e.End(); blk++ {
+			if err := ctx.Err(); err != nil {
+				return nil, 0, err
+			}
+			off := blk * blockSize
+			n := min(blockSize, size-off)
+			clear(buf)
+			if k, err := img.ReadAt(buf[:n], off); k < int(n) {
+				if err == nil {
+					err = io.ErrUnexpectedEOF
+				}
+				return nil, 0, fmt.Errorf("read at %d: %w", off, err)
+			}
+			last = blk
+			if progress != nil {
+				progress(off+n, size)
+			}
+			if allZero(buf) {
+				continue
+			}
+			h, err := store.put(buf)
+			if err != nil {
+				return nil, 0, err
+			}
+			x = append(x, entry{blk, h})
+			stored += blockSize
+		}
+	}
+	return x, stored, nil
+}
+
+var zeroBlock = make([]byte, blockSize)
+
+func allZero(p []byte) bool {
+	for len(p) > 0 {
+		n := min(len(p), len(zeroBlock))
+		if !bytes.Equal(p[:n], zeroBlock[:n]) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
+}
