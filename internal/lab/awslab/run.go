@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"time"
+
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 )
 
 // RunOptions configure Run.
@@ -46,22 +46,9 @@ func Run(ctx context.Context, o RunOptions) error {
 		fmt.Fprintf(o.Stdout, "generated access key %s and secret key %s (shown once; stored in %s; pass --access-key and --secret-key to choose)\n", ak, sk.Reveal(), lab.dir)
 	}
 	fmt.Fprintf(o.Stdout, "aws lab serving region %s on http://%s (EC2, EBS direct and path-style S3 on this one endpoint), access key %s, state in %s\n", lab.Region(), addr, ak, lab.dir)
-	srv := &http.Server{Handler: lab.Handler(), ReadHeaderTimeout: 30 * time.Second}
 	if o.Ready != nil {
 		o.Ready(addr)
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err = <-errc:
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	serr := srv.Shutdown(sctx)
-	cerr := lab.Close()
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return errors.Join(err, serr, cerr)
+	err = labkit.Serve(ctx, ln, lab.Handler(), nil)
+	return errors.Join(err, lab.Close())
 }

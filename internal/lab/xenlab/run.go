@@ -8,10 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
-	"time"
 
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 	"github.com/ferry-project/ferry/internal/errs"
 )
 
@@ -53,27 +52,14 @@ func Run(ctx context.Context, o RunOptions) error {
 		lab.Close()
 		return fmt.Errorf("xen lab: listen on %s: %w", o.Listen, err)
 	}
-	srv := &http.Server{Handler: lab.Handler(), ReadHeaderTimeout: 30 * time.Second}
 	addr := ln.Addr().String()
 	fmt.Fprintf(o.Stdout, "xen lab serving XAPI on http://%s (JSON-RPC at /jsonrpc), state in %s\n", addr, lab.dir)
 	if o.Ready != nil {
 		o.Ready(addr)
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err = <-errc:
-	case <-ctx.Done():
-	}
-	lab.cancel() // ends long polls (event.from) and transfers
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	serr := srv.Shutdown(sctx)
-	cerr := lab.Close()
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return errors.Join(err, serr, cerr)
+	// lab.cancel ends long polls (event.from) and transfers
+	err = labkit.Serve(ctx, ln, lab.Handler(), lab.cancel)
+	return errors.Join(err, lab.Close())
 }
 
 // SetUser adds or changes a user's password.
