@@ -10,8 +10,8 @@ import (
 	"net"
 	"strings"
 
-	"github.com/ferry-project/ferry/internal/lab/labkit"
 	"github.com/ferry-project/ferry/internal/errs"
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 )
 
 // RunOptions configure Run.
