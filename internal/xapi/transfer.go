@@ -578,7 +578,10 @@ func (c *Client) ImportRawVDI(ctx context.Context, vdi VDIRef, format string, sr
 	}
 	defer c.destroyTask(task)
 	q := url.Values{"vdi": {string(vdi)}, "format": {format}, "task_id": {string(task)}}
-	resp, b, err := c.put(ctx, what, c.transferURL("/import_raw_vdi", q), length, isStream, newBody)
+	// Always ask for 100-continue: a host that redirects (or refuses)
+	// answers before any of the body is sent, instead of resetting the
+	// connection under a body it never reads.
+	resp, b, err := c.put(ctx, what, c.transferURL("/import_raw_vdi", q), length, true, newBody)
 	if err != nil {
 		if ctx.Err() != nil {
 			c.cancelTask(task)
