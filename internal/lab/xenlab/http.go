@@ -7,6 +7,7 @@ import (
 	"io"
 	"iter"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -182,6 +183,21 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
+// rawVDIFormat reads the format parameter of export_raw_vdi and
+// import_raw_vdi: raw (the default) or vhd. Anything else fails the
+// transfer as xapi does, and ok is false.
+func rawVDIFormat(t *transfer, q url.Values) (format string, ok bool) {
+	format = strings.ToLower(q.Get("format"))
+	if format == "" {
+		format = "raw"
+	}
+	if format != "raw" && format != "vhd" {
+		t.fail(http.StatusNotFound, internalErr("Unknown format %s", q.Get("format")))
+		return "", false
+	}
+	return format, true
+}
+
 // serveExportRawVDI is GET /export_raw_vdi?session_id&vdi&format=raw|vhd
 // [&base]: the VDI streamed by the disk engine straight to the response.
 func (s *Server) serveExportRawVDI(w http.ResponseWriter, r *http.Request) {
@@ -196,12 +212,8 @@ func (s *Server) serveExportRawVDI(w http.ResponseWriter, r *http.Request) {
 	}
 	defer t.end()
 	q := r.URL.Query()
-	format := strings.ToLower(q.Get("format"))
-	if format == "" {
-		format = "raw"
-	}
-	if format != "raw" && format != "vhd" {
-		t.fail(http.StatusNotFound, internalErr("Unknown format %s", q.Get("format")))
+	format, ok := rawVDIFormat(t, q)
+	if !ok {
 		return
 	}
 	if !q.Has("vdi") {
@@ -422,12 +434,8 @@ func (s *Server) serveImportRawVDI(w http.ResponseWriter, r *http.Request) {
 	}
 	defer t.end()
 	q := r.URL.Query()
-	format := strings.ToLower(q.Get("format"))
-	if format == "" {
-		format = "raw"
-	}
-	if format != "raw" && format != "vhd" {
-		t.fail(http.StatusNotFound, internalErr("Unknown format %s", q.Get("format")))
+	format, ok := rawVDIFormat(t, q)
+	if !ok {
 		return
 	}
 	if q.Has("chunked") {
