@@ -34,6 +34,9 @@ type stepsState struct {
 	Bytes   int64  `json:"bytes"`
 	Undone  []int  `json:"undone,omitempty"`
 	Skip    bool   `json:"skip,omitempty"`
+	// Mid counts the times step BlockAt was reached; it is checkpointed
+	// mid-step (Env.Checkpoint), so a rerun after a crash sees it.
+	Mid int `json:"mid,omitempty"`
 }
 
 func appendLine(path, line string) error {
@@ -86,6 +89,12 @@ func stepsKind() job.Kind[stepsState] {
 				if i == s.FlakyAt && s.Tries < s.Flaky {
 					s.Tries++
 					return fmt.Errorf("step %d flaked: %w", i, errs.ErrUnavailable)
+				}
+				if i == s.BlockAt && s.Release != "" {
+					s.Mid++
+					if err := e.Checkpoint(ctx); err != nil {
+						return err
+					}
 				}
 				if i == s.BlockAt && s.Release != "" && !exists(s.Release) {
 					if s.Blocked != "" {

@@ -81,6 +81,18 @@ type Env struct {
 	Logger   *slog.Logger
 	Progress progress.Reporter
 	emit     func(kind string, payload any)
+	save     func(ctx context.Context) error
+}
+
+// Checkpoint persists the state as the running step has left it so far,
+// without marking the step done: a long step (a disk transfer) records how
+// far it got, and after a crash it runs again from that state. Calls must
+// not overlap with changes to the state (the step serialises them).
+func (e *Env) Checkpoint(ctx context.Context) error {
+	if e.save == nil {
+		return nil
+	}
+	return e.save(ctx)
 }
 
 // Event records a job event (stored and published); payload is marshalled
@@ -222,7 +234,16 @@ func (r *kindRunner[S]) run(ctx context.Context, e *Env, cp *checkpoint, save fu
 		}
 		e.Progress.Phase(st.Name)
 		e.Event("step", map[string]any{"step": st.Name, "index": i, "status": "started"})
+		e.save = func(context.Context) error {
+			b, err := json.Marshal(s)
+			if err != nil {
+				return fmt.Errorf("job %s: encode state: %w", r.k.Name, err)
+			}
+			cp.State = b
+			return save(cp)
+		}
 		runErr := st.Run(ctx, e, s)
+		e.save = nil
 		// The state is kept even after a failure: a retry or an undo may
 		// need what the failed step recorded.
 		if cp.State, err = json.Marshal(s); err != nil {

@@ -2,6 +2,7 @@ package job_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -95,6 +96,13 @@ func TestResumeAfterKill(t *testing.T) {
 	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
 	if j.State != store.JobSucceeded {
 		t.Fatalf("job %s: %s", j.State, j.Error)
+	}
+	var final stepsState
+	if err := json.Unmarshal(j.Result, &final); err != nil {
+		t.Fatalf("result %s: %v", j.Result, err)
+	}
+	if final.Mid != 2 {
+		t.Errorf("step 2 saw Mid=%d at the end, want 2: the mid-step checkpoint of the killed run was lost", final.Mid)
 	}
 	want := []string{"0 " + pid1, "1 " + pid1, "2 " + pid1, "2 " + pid2, "3 " + pid2, "4 " + pid2}
 	if got := logLines(t, s.Log, j.ID); !slices.Equal(got, want) {

@@ -26,11 +26,19 @@ type OnPrem struct {
 	GBDiskMonth float64 `json:"gb_disk_month"`
 }
 
+// Shape is an instance type's size.
+type Shape struct {
+	VCPUs     int   `json:"vcpus"`
+	MemoryMiB int64 `json:"memory_mib"`
+}
+
 // Table is a price table.
 type Table struct {
-	Version       int                           `json:"version"`
-	Currency      string                        `json:"currency"`
-	HoursPerMonth float64                       `json:"hours_per_month"`
+	Version       int     `json:"version"`
+	Currency      string  `json:"currency"`
+	HoursPerMonth float64 `json:"hours_per_month"`
+	// InstanceTypes are the shapes of the instance types the table prices.
+	InstanceTypes map[string]Shape              `json:"instance_types"`
 	EC2           map[string]map[string]float64 `json:"ec2"`          // region -> instance type -> USD/hour
 	EBSGBMonth    map[string]float64            `json:"ebs_gb_month"` // region -> USD per GiB-month
 	OnPrem        OnPrem                        `json:"onprem"`
@@ -76,6 +84,12 @@ func Load(path string) (*Table, error) {
 			t.EC2[region][it] = p
 		}
 	}
+	for it, sh := range o.InstanceTypes {
+		if t.InstanceTypes == nil {
+			t.InstanceTypes = map[string]Shape{}
+		}
+		t.InstanceTypes[it] = sh
+	}
 	for region, p := range o.EBSGBMonth {
 		t.EBSGBMonth[region] = p
 	}
@@ -118,3 +132,53 @@ func (t *Table) Monthly(vm core.VM, region string) (cost float64, ok bool) {
 }
 
 func round(c float64) float64 { return math.Round(c*100) / 100 }
+
+// Offer is an instance type placed in a region, with its price.
+type Offer struct {
+	Type      string  `json:"instance_type"`
+	VCPUs     int     `json:"vcpus"`
+	MemoryMiB int64   `json:"memory_mib"`
+	Hourly    float64 `json:"hourly"`
+	Monthly   float64 `json:"monthly"` // the instance alone, HoursPerMonth hours
+	Currency  string  `json:"currency"`
+}
+
+// Offer returns the shape and price of instance type it in region; ok is
+// false when the table lacks either.
+func (t *Table) Offer(region, it string) (Offer, bool) {
+	sh, okShape := t.InstanceTypes[it]
+	hourly, okPrice := t.EC2[region][it]
+	if !okShape || !okPrice {
+		return Offer{Type: it, VCPUs: sh.VCPUs, MemoryMiB: sh.MemoryMiB, Hourly: hourly, Currency: t.Currency}, false
+	}
+	return Offer{Type: it, VCPUs: sh.VCPUs, MemoryMiB: sh.MemoryMiB, Hourly: hourly,
+		Monthly: round(hourly * t.HoursPerMonth), Currency: t.Currency}, true
+}
+
+// Fit returns the cheapest instance type priced in region with at least
+// cpus vCPUs and memBytes of memory (ties go to the smaller, then to the
+// name). It fails with NotFound when the region is not in the table and
+// with FailedPrecondition when no listed type is large enough.
+func (t *Table) Fit(region string, cpus int, memBytes int64) (Offer, error) {
+	prices, ok := t.EC2[region]
+	if !ok {
+		return Offer{}, fmt.Errorf("price table: region %q not listed (add it with --prices): %w", region, errs.ErrNotFound)
+	}
+	var best Offer
+	found := false
+	for it := range prices {
+		o, ok := t.Offer(region, it)
+		if !ok || o.VCPUs < cpus || o.MemoryMiB<<20 < memBytes {
+			continue
+		}
+		better := !found || o.Hourly < best.Hourly ||
+			(o.Hourly == best.Hourly && (o.VCPUs < best.VCPUs || (o.VCPUs == best.VCPUs && (o.MemoryMiB < best.MemoryMiB || (o.MemoryMiB == best.MemoryMiB && o.Type < best.Type)))))
+		if better {
+			best, found = o, true
+		}
+	}
+	if !found {
+		return Offer{}, fmt.Errorf("price table: no instance type in %s has %d vCPUs and %d MiB of memory: %w", region, cpus, memBytes>>20, errs.ErrFailedPrecondition)
+	}
+	return best, nil
+}

@@ -1,11 +1,14 @@
 package pricing_test
 
 import (
+	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/ferry-project/ferry/internal/core"
+	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/pricing"
 )
 
@@ -42,5 +45,42 @@ func TestMonthly(t *testing.T) {
 	}
 	if _, err := pricing.Load(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Error("missing file accepted")
+	}
+}
+
+func TestFit(t *testing.T) {
+	tab := pricing.Default()
+	tests := []struct {
+		name    string
+		region  string
+		cpus    int
+		mem     int64
+		want    string
+		wantErr error
+	}{
+		{"tiny VM gets the cheapest", "us-east-1", 1, 256 << 20, "t3.micro", nil},
+		{"2 vCPU 4 GiB", "us-east-1", 2, 4 << 30, "t3.medium", nil},
+		{"4 vCPU 8 GiB", "us-east-1", 4, 8 << 30, "t3.xlarge", nil},
+		{"8 vCPU 16 GiB: c5 is cheaper than m5", "us-east-1", 8, 16 << 30, "c5.2xlarge", nil},
+		{"8 vCPU 64 GiB", "eu-west-1", 8, 64 << 30, "r5.2xlarge", nil},
+		{"too large", "us-east-1", 128, 1 << 40, "", errs.ErrFailedPrecondition},
+		{"unknown region", "mars-north-1", 1, 1 << 30, "", errs.ErrNotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := tab.Fit(tc.region, tc.cpus, tc.mem)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("Fit = %+v, %v; want %v", o, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || o.Type != tc.want {
+				t.Fatalf("Fit = %+v, %v; want %s", o, err, tc.want)
+			}
+			if o.VCPUs < tc.cpus || o.MemoryMiB<<20 < tc.mem || o.Monthly <= 0 || o.Monthly != math.Round(o.Hourly*tab.HoursPerMonth*100)/100 {
+				t.Fatalf("offer %+v does not fit or is mispriced", o)
+			}
+		})
 	}
 }
