@@ -30,8 +30,13 @@ type UploadOptions struct {
 	// Resume and Save make the upload resumable block by block (see
 	// ebsdirect.UploadOptions). With Save set, a failed upload keeps its
 	// snapshot for the resume; the caller's job removes it if it gives up.
-	Resume   *ebsdirect.Checkpoint
-	Save     func(ctx context.Context, cp ebsdirect.Checkpoint) error
+	Resume *ebsdirect.Checkpoint
+	Save   func(ctx context.Context, cp ebsdirect.Checkpoint) error
+	// SaveEvery is how many acknowledged blocks go between Save calls
+	// (default 1).
+	SaveEvery int
+	// Sum receives the SHA-256 of every block sent (ebsdirect.UploadOptions.Sum).
+	Sum      func(block int64, sum [32]byte)
 	Progress progress.Reporter
 }
 
@@ -47,7 +52,7 @@ func (p *Provider) UploadDisk(ctx context.Context, img disk.Image, o *UploadOpti
 	}
 	res, err := ebsdirect.Upload(ctx, p.ebs, p.ec2, img, &ebsdirect.UploadOptions{
 		Tags: tags, Description: cmp.Or(o.Name, "ferry upload"), Workers: p.cfg.Workers,
-		Resume: o.Resume, Save: o.Save, Progress: o.Progress, Logger: p.log, Retry: p.retry,
+		Resume: o.Resume, Save: o.Save, SaveEvery: o.SaveEvery, Sum: o.Sum, Progress: o.Progress, Logger: p.log, Retry: p.retry,
 		PollEvery: p.cfg.PollEvery, PollMax: p.cfg.PollMax,
 	})
 	if err != nil {

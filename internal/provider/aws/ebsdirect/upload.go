@@ -61,6 +61,12 @@ type UploadOptions struct {
 	// it, the snapshot is deleted unless Save is set (a saved checkpoint
 	// means the caller means to resume, and owns the cleanup).
 	KeepOnError bool
+	// Sum, if set, is called with the SHA-256 of every block this run read:
+	// for a block sent, the checksum EBS verified, once the block is
+	// acknowledged; for a block that read as zeros (not sent), the
+	// SHA-256 of a zero block. Blocks past the end of the image count as
+	// zeros. Calls may come from several goroutines at once.
+	Sum func(block int64, sum [sha256.Size]byte)
 	// Progress receives virtual bytes: SetTotal(img.Size()), then the
 	// bytes of each planned block as it is handled (sent, found zero, or
 	// sent before a resume), and the bytes never read (holes) once every
@@ -96,6 +102,9 @@ type Result struct {
 
 // zeroBlock is compared against, never written.
 var zeroBlock = make([]byte, BlockSize)
+
+// zeroSum is the SHA-256 of a zero block.
+var zeroSum = sha256.Sum256(zeroBlock)
 
 func (o *UploadOptions) withDefaults() UploadOptions {
 	var c UploadOptions
@@ -364,6 +373,9 @@ func (u *uploader) sendBlock(ctx context.Context, i int64, buf []byte, size int6
 	}
 	clear(buf[max(n, 0):])
 	if bytes.Equal(buf, zeroBlock) {
+		if u.o.Sum != nil {
+			u.o.Sum(i, zeroSum)
+		}
 		u.mu.Lock()
 		u.res.ZeroBlocks++
 		u.mu.Unlock()
@@ -393,6 +405,9 @@ func (u *uploader) sendBlock(ctx context.Context, i int64, buf []byte, size int6
 		return fmt.Errorf("ebs upload: put block %d of snapshot %s: %w", i, u.cp.SnapshotID, err)
 	}
 	u.o.Progress.Add(blockBytes(i, size))
+	if u.o.Sum != nil {
+		u.o.Sum(i, sum)
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.cp.Sent.Set(i)

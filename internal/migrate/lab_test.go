@@ -1,0 +1,614 @@
+package migrate
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferry-project/ferry/internal/core"
+	"github.com/ferry-project/ferry/internal/disk"
+	"github.com/ferry-project/ferry/internal/disk/synth"
+	"github.com/ferry-project/ferry/internal/errs"
+	"github.com/ferry-project/ferry/internal/job"
+	"github.com/ferry-project/ferry/internal/lab/awslab"
+	"github.com/ferry-project/ferry/internal/lab/xenlab"
+	"github.com/ferry-project/ferry/internal/provider"
+	"github.com/ferry-project/ferry/internal/provider/aws"
+	"github.com/ferry-project/ferry/internal/provider/xen"
+	"github.com/ferry-project/ferry/internal/store"
+)
+
+const (
+	labUser, labPass  = "root", "s3cret"
+	labKey, labSecret = "AKIDFERRYMIGRATE01", "migratesecret"
+)
+
+// siteMap is a Sites over providers opened by the test.
+type siteMap map[core.SiteName]provider.Provider
+
+func (m siteMap) Provider(_ context.Context, n core.SiteName) (provider.Provider, error) {
+	if p, ok := m[n]; ok {
+		return p, nil
+	}
+	return nil, fmt.Errorf("site %s: %w", n, errs.ErrNotFound)
+}
+
+// labs are a XenServer lab and an EC2 lab region served in this process.
+// EBS block PUTs are counted per block index, and can be held (hold >
+// 0: after that many PUTs, further ones wait until release).
+type labs struct {
+	xenURL, awsURL string
+	xenSrv         *xenlab.Server
+
+	mu       sync.Mutex
+	puts     map[string]int // "snapshot/block" -> acknowledged PUTs
+	putBytes int64
+	hold     int
+	held     int
+	release  chan struct{}
+	reached  chan struct{}
+}
+
+func newLabs(t *testing.T) *labs {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	xs, err := xenlab.New(t.Context(), xenlab.Options{Dir: t.TempDir(), Users: map[string]string{labUser: labPass}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, err := awslab.New(t.Context(), awslab.Options{Dir: t.TempDir(), AccessKey: labKey, SecretKey: labSecret, Region: "us-east-1", Logger: log, Delay: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &labs{xenSrv: xs, puts: map[string]int{}, release: make(chan struct{}), reached: make(chan struct{})}
+	xh := httptest.NewServer(xs.Handler())
+	ah := as.Handler()
+	awsHS := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		isPut := r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/snapshots/") && strings.Contains(r.URL.Path, "/blocks/")
+		if isPut {
+			l.mu.Lock()
+			wait := l.hold > 0 && l.held >= l.hold
+			l.mu.Unlock()
+			if wait {
+				select {
+				case <-l.release:
+				case <-r.Context().Done():
+					return
+				}
+			}
+		}
+		sw := &statusWriter{ResponseWriter: w, status: 200}
+		ah.ServeHTTP(sw, r)
+		if isPut && sw.status < 300 {
+			l.mu.Lock()
+			l.puts[r.URL.Path]++
+			l.putBytes += r.ContentLength
+			l.held++
+			if l.hold > 0 && l.held == l.hold {
+				close(l.reached)
+			}
+			l.mu.Unlock()
+		}
+	}))
+	l.xenURL, l.awsURL = xh.URL, awsHS.URL
+	t.Cleanup(func() {
+		l.unhold()
+		awsHS.Close()
+		xh.Close()
+		as.Close()
+		xs.Close()
+	})
+	return l
+}
+
+func (l *labs) holdAfter(n int) {
+	l.mu.Lock()
+	l.hold, l.held = n, 0
+	l.mu.Unlock()
+}
+
+func (l *labs) unhold() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.release:
+	default:
+		close(l.release)
+	}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(s int) { w.status = s; w.ResponseWriter.WriteHeader(s) }
+
+// open connects to both labs as sites "dc1" (xen) and "aws1" (aws).
+func openSites(ctx context.Context, xenURL, awsURL string) (siteMap, error) {
+	x, err := xen.Open(ctx, xen.Config{URL: xenURL, User: labUser, Password: labPass}, nil)
+	if err != nil {
+		return nil, err
+	}
+	a, err := aws.Open(ctx, aws.Config{Name: "aws1", Region: "us-east-1", Endpoint: awsURL, AccessKey: labKey, SecretKey: aws.Secret(labSecret),
+		PollEvery: 10 * time.Millisecond, PollMax: 100 * time.Millisecond, MaxAttempts: 3, Workers: 4}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, err
+	}
+	return siteMap{"dc1": x, "aws1": a}, nil
+}
+
+func (l *labs) sites(t *testing.T) siteMap {
+	t.Helper()
+	s, err := openSites(t.Context(), l.xenURL, l.awsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// addVM imports a VM into the XenServer lab with the given disks.
+func addVM(t *testing.T, s siteMap, name string, disks ...disk.Image) core.VMID {
+	t.Helper()
+	spec := core.VMSpec{Name: name, CPUs: 2, MemoryBytes: 1 << 30, NICs: []core.NICSpec{{Name: "eth0"}}}
+	for i, d := range disks {
+		spec.Disks = append(spec.Disks, core.DiskSpec{Name: fmt.Sprintf("disk%d", i), Size: d.Size(), Bootable: i == 0, Position: i})
+	}
+	id, err := s["dc1"].(provider.Importer).ImportVM(t.Context(), spec, disks, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func pattern(name string, size int64, fill float64) synth.Image {
+	return synth.Image{P: synth.MakePattern(name, size, fill, 7)}
+}
+
+// manager runs jobs with the migration kind over a SQLite store in dir.
+func manager(t *testing.T, dir string, sites Sites, work bool) *job.Manager {
+	t.Helper()
+	loc, err := store.ParseLocation(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(t.Context(), loc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := job.NewRegistry()
+	job.Register(reg, (&Migrator{Sites: sites, Window: 16 << 20, SaveEvery: 4}).Kind())
+	m, err := job.Open(t.Context(), loc, st, reg, &job.Options{Work: work, SingleNode: work, PollInterval: 20 * time.Millisecond,
+		LeaseTTL: 2 * time.Second, ProgressInterval: 20 * time.Millisecond, RetryBackoff: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop(context.Background()); st.Close() })
+	return m
+}
+
+func submit(t *testing.T, m *job.Manager, sites Sites, r Request) (Plan, job.Job) {
+	t.Helper()
+	pl := Planner{Sites: sites}
+	plan, err := pl.Plan(t.Context(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := jsonMarshal(State{Plan: plan})
+	j, err := m.Submit(t.Context(), KindName, b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plan, j
+}
+
+func waitJob(t *testing.T, m *job.Manager, id string, states ...string) job.Job {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		j, err := m.Get(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range states {
+			if j.State == s {
+				return j
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s is %s (error %q), want %v", id, j.State, j.Error, states)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, not a timing assumption
+	}
+}
+
+func result(t *testing.T, j job.Job) Result {
+	t.Helper()
+	var r Result
+	if err := jsonUnmarshal(j.Result, &r); err != nil {
+		t.Fatalf("result %s: %v", j.Result, err)
+	}
+	return r
+}
+
+// sameData fails unless a and b read the same everywhere either holds
+// data (beyond the shorter one, the longer must read zeros).
+func sameData(t *testing.T, a, b disk.Image) {
+	t.Helper()
+	check := func(x, y disk.Image) {
+		buf1, buf2 := make([]byte, 1<<20), make([]byte, 1<<20)
+		for e, err := range x.Extents(t.Context(), 0, x.Size()) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Kind != disk.Data {
+				continue
+			}
+			for off := e.Off; off < e.End(); off += int64(len(buf1)) {
+				n := min(int64(len(buf1)), e.End()-off)
+				if _, err := x.ReadAt(buf1[:n], off); err != nil && !errors.Is(err, io.EOF) {
+					t.Fatal(err)
+				}
+				clear(buf2[:n])
+				if m := min(n, y.Size()-off); m > 0 {
+					if _, err := y.ReadAt(buf2[:m], off); err != nil && !errors.Is(err, io.EOF) {
+						t.Fatal(err)
+					}
+				}
+				if !bytes.Equal(buf1[:n], buf2[:n]) {
+					t.Fatalf("the disks differ in [%d, %d)", off, off+n)
+				}
+			}
+		}
+	}
+	check(a, b)
+	check(b, a)
+}
+
+// nonZeroBlocks counts the EBS blocks of img that hold a non-zero byte.
+func nonZeroBlocks(t *testing.T, img disk.Image) int64 {
+	t.Helper()
+	blocks, err := blockSet(t.Context(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	buf := make([]byte, BlockSize)
+	for _, i := range blocks {
+		k := min(BlockSize, img.Size()-i*BlockSize)
+		clear(buf)
+		img.ReadAt(buf[:k], i*BlockSize)
+		if !bytes.Equal(buf, zeroBlock) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestMigrateBothWays moves a two-disk VM from the XenServer lab to the
+// EC2 lab and back, through jobs, and checks the data end to end, the
+// bytes on the wire, the verification record and the inventory.
+func TestMigrateBothWays(t *testing.T) {
+	l := newLabs(t)
+	s := l.sites(t)
+	root, data := pattern("root", 40<<20, 0.4), pattern("data", 8<<20+4096, 0.5)
+	vm := addVM(t, s, "web-1", root, data)
+	m := manager(t, t.TempDir(), s, true)
+
+	plan, j := submit(t, m, s, Request{Source: "dc1", VM: "web-1", Target: "aws1"})
+	if plan.Instance == nil || plan.Instance.Type != "t3.micro" || plan.Instance.Monthly <= 0 {
+		t.Errorf("plan instance %+v, want the cheapest type with 2 vCPUs and 1 GiB (t3.micro), priced", plan.Instance)
+	}
+	if len(plan.Disks) != 2 || plan.Disks[1].TargetSize != 1<<30 {
+		t.Errorf("plan disks %+v", plan.Disks)
+	}
+	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
+	if j.State != store.JobSucceeded {
+		t.Fatalf("xen→aws: %s: %s", j.State, j.Error)
+	}
+	r := result(t, j)
+	if !r.Verified || len(r.Verification) != 2 {
+		t.Fatalf("xen→aws not verified: %+v", r)
+	}
+	wantBlocks := nonZeroBlocks(t, root) + nonZeroBlocks(t, data)
+	if r.BytesSent != wantBlocks*BlockSize || l.putBytes != wantBlocks*BlockSize {
+		t.Errorf("xen→aws sent %d bytes (lab saw %d), want %d: exactly the %d non-zero blocks", r.BytesSent, l.putBytes, wantBlocks*BlockSize, wantBlocks)
+	}
+	for _, v := range r.Verification {
+		if v.SourceDigest != v.TargetDigest || v.Blocks == 0 || v.Reread != 0 {
+			t.Errorf("verification %+v", v)
+		}
+	}
+	a := s["aws1"].(*aws.Provider)
+	var inst core.VM
+	a.ListVMs(t.Context(), provider.Filter{IDs: []core.VMID{r.TargetVM}}, func(v core.VM) error { inst = v; return nil })
+	if inst.PowerState != core.Running || inst.InstanceTyp != "t3.micro" || len(inst.Disks) != 2 {
+		t.Fatalf("instance %+v", inst)
+	}
+	// the source is as it was: its snapshot is gone, the VM untouched
+	x := s["dc1"].(*xen.Provider)
+	recs, err := x.Client().VM().GetAllRecords(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range recs {
+		if rec.IsASnapshot {
+			t.Errorf("snapshot %q left on the source", rec.NameLabel)
+		}
+	}
+
+	// and back: EC2 → XenServer
+	plan, j = submit(t, m, s, Request{Source: "aws1", VM: string(r.TargetVM), Target: "dc1", Name: "web-1-back"})
+	if plan.Warnings == nil {
+		t.Errorf("migrating a running instance gives no warning")
+	}
+	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
+	if j.State != store.JobSucceeded {
+		t.Fatalf("aws→xen: %s: %s", j.State, j.Error)
+	}
+	r2 := result(t, j)
+	if !r2.Verified {
+		t.Fatalf("aws→xen not verified: %+v", r2)
+	}
+	var back core.VM
+	x.ListVMs(t.Context(), provider.Filter{IDs: []core.VMID{r2.TargetVM}}, func(v core.VM) error { back = v; return nil })
+	if back.Name != "web-1-back" || back.PowerState != core.Running || back.CPUs != 2 || len(back.Disks) != 2 || len(back.NICs) != 1 {
+		t.Fatalf("VM after the round trip: %+v", back)
+	}
+	for i, want := range []disk.Image{root, data} {
+		got, err := x.OpenDisk(t.Context(), back.Disks[i].ID, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameData(t, want, got)
+		got.Close()
+	}
+	_ = vm
+}
+
+// TestCancelRemovesEverything cancels a migration in the middle of the
+// transfer: nothing it created is left on either site.
+func TestCancelRemovesEverything(t *testing.T) {
+	l := newLabs(t)
+	s := l.sites(t)
+	addVM(t, s, "db-1", pattern("root", 48<<20, 0.6))
+	m := manager(t, t.TempDir(), s, true)
+	l.holdAfter(10)
+	_, j := submit(t, m, s, Request{Source: "dc1", VM: "db-1", Target: "aws1"})
+	select {
+	case <-l.reached:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the transfer never started")
+	}
+	if _, err := m.Cancel(t.Context(), j.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	j = waitJob(t, m, j.ID, store.JobCanceled, store.JobFailed, store.JobSucceeded)
+	if j.State != store.JobCanceled {
+		t.Fatalf("job %s: %s", j.State, j.Error)
+	}
+	a := s["aws1"].(*aws.Provider)
+	snaps, err := a.ListSnapshots(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs, _ := a.ListImages(t.Context())
+	var insts []core.VM
+	a.ListVMs(t.Context(), provider.Filter{}, func(v core.VM) error { insts = append(insts, v); return nil })
+	if len(snaps) != 0 || len(imgs) != 0 || len(insts) != 0 {
+		t.Errorf("left on the target: snapshots %v, images %v, instances %v", snaps, imgs, insts)
+	}
+	recs, _ := s["dc1"].(*xen.Provider).Client().VM().GetAllRecords(t.Context())
+	for _, rec := range recs {
+		if rec.IsASnapshot {
+			t.Errorf("snapshot %q left on the source", rec.NameLabel)
+		}
+	}
+}
+
+// TestPlanRefusals: migrations refused in planning, with the reason.
+func TestPlanRefusals(t *testing.T) {
+	l := newLabs(t)
+	s := l.sites(t)
+	addVM(t, s, "app", pattern("root", 4<<20, 0.5))
+	addVM(t, s, "twin", pattern("a", 1<<20, 0.5))
+	addVM(t, s, "twin", pattern("b", 1<<20, 0.5))
+	pl := Planner{Sites: s}
+	tests := []struct {
+		name string
+		r    Request
+		code error
+		says string
+	}{
+		{"unknown target site", Request{Source: "dc1", VM: "app", Target: "mars"}, errs.ErrNotFound, "target site mars"},
+		{"unknown source site", Request{Source: "nowhere", VM: "app", Target: "aws1"}, errs.ErrNotFound, "source site nowhere"},
+		{"unknown VM", Request{Source: "dc1", VM: "ghost", Target: "aws1"}, errs.ErrNotFound, `"ghost"`},
+		{"ambiguous name", Request{Source: "dc1", VM: "twin", Target: "aws1"}, errs.ErrInvalidArgument, "2 VMs are named"},
+		{"same site", Request{Source: "dc1", VM: "app", Target: "dc1"}, errs.ErrInvalidArgument, "both dc1"},
+		{"unknown subnet", Request{Source: "dc1", VM: "app", Target: "aws1", Subnet: "subnet-nope"}, errs.ErrNotFound, "subnet-nope"},
+		{"unknown security group", Request{Source: "dc1", VM: "app", Target: "aws1", SecurityGroups: []string{"sg-nope"}}, errs.ErrNotFound, "sg-nope"},
+		{"bad method", Request{Source: "dc1", VM: "app", Target: "aws1", Method: "carrier-pigeon"}, errs.ErrInvalidArgument, "carrier-pigeon"},
+		{"SR on an EC2 target", Request{Source: "dc1", VM: "app", Target: "aws1", SR: "Local storage"}, errs.ErrInvalidArgument, "--sr"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := pl.Plan(t.Context(), tc.r)
+			if !errors.Is(err, tc.code) || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("Plan = %v; want %v saying %q", err, tc.code, tc.says)
+			}
+		})
+	}
+	// disks too large for the target
+	for _, tc := range []struct {
+		target provider.Kind
+		size   int64
+		says   string
+	}{
+		{provider.KindAWS, 17 << 40, "at most 16 TiB"},
+		{provider.KindXen, 3 << 40, "at most 2040 GiB"},
+	} {
+		p := Plan{TargetKind: tc.target, VM: core.VM{Disks: []core.Disk{{ID: "d1", Name: "huge", Size: tc.size}}}}
+		err := pl.planDisks(&p)
+		if !errors.Is(err, errs.ErrFailedPrecondition) || !strings.Contains(err.Error(), tc.says) || !strings.Contains(err.Error(), "huge") {
+			t.Errorf("%s target, %d-byte disk: %v; want a refusal saying %q", tc.target, tc.size, err, tc.says)
+		}
+	}
+}
+
+// TestMain doubles as a server process running migration jobs
+// (FERRY_TEST_MAIN=migratenode), which TestResumeAfterKill kills with
+// SIGKILL in the middle of a transfer.
+func TestMain(m *testing.M) {
+	if os.Getenv("FERRY_TEST_MAIN") == "migratenode" {
+		os.Exit(migrateNode())
+	}
+	os.Exit(m.Run())
+}
+
+func migrateNode() int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	s, err := openSites(ctx, os.Getenv("FERRY_TEST_XEN"), os.Getenv("FERRY_TEST_AWS"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	loc, _ := store.ParseLocation(os.Getenv("FERRY_TEST_DATA"), "")
+	st, err := store.Open(ctx, loc, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	reg := job.NewRegistry()
+	job.Register(reg, (&Migrator{Sites: s, SaveEvery: 4}).Kind())
+	jm, err := job.Open(ctx, loc, st, reg, &job.Options{Work: true, SingleNode: true, PollInterval: 20 * time.Millisecond,
+		LeaseTTL: 2 * time.Second, ProgressInterval: 20 * time.Millisecond})
+	if err == nil {
+		err = jm.Start(ctx)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("ready")
+	<-ctx.Done()
+	jm.Stop(context.Background())
+	return 0
+}
+
+type node struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+func startNode(t *testing.T, env ...string) *node {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), append([]string{"FERRY_TEST_MAIN=migratenode"}, env...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := &node{cmd: cmd, exited: make(chan struct{})}
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		ready <- sc.Scan() && sc.Text() == "ready"
+		io.Copy(io.Discard, out)
+		cmd.Wait()
+		close(n.exited)
+	}()
+	t.Cleanup(n.kill)
+	if !<-ready {
+		<-n.exited
+		t.Fatalf("migration node did not start: %s", stderr.String())
+	}
+	return n
+}
+
+func (n *node) kill() {
+	n.cmd.Process.Signal(syscall.SIGKILL)
+	<-n.exited
+}
+
+// TestResumeAfterKill kills the server (kill -9) in the middle of a
+// xen→aws transfer; a new server resumes the job, and only blocks not
+// committed by the first run are sent again.
+func TestResumeAfterKill(t *testing.T) {
+	l := newLabs(t)
+	s := l.sites(t)
+	root := pattern("root", 64<<20, 0.7)
+	addVM(t, s, "crm-1", root)
+	dir := t.TempDir()
+	env := []string{"FERRY_TEST_DATA=" + dir, "FERRY_TEST_XEN=" + l.xenURL, "FERRY_TEST_AWS=" + l.awsURL}
+	n1 := startNode(t, env...)
+	m := manager(t, dir, s, false)
+	l.holdAfter(40)
+	_, j := submit(t, m, s, Request{Source: "dc1", VM: "crm-1", Target: "aws1"})
+	select {
+	case <-l.reached:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the transfer never started")
+	}
+	n1.kill()
+	l.mu.Lock()
+	first := map[string]int{}
+	for k, v := range l.puts {
+		first[k] = v
+	}
+	l.mu.Unlock()
+	l.unhold()
+	startNode(t, env...)
+	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
+	if j.State != store.JobSucceeded {
+		t.Fatalf("job %s: %s", j.State, j.Error)
+	}
+	r := result(t, j)
+	if !r.Verified || r.Verification[0].Reread == 0 {
+		t.Errorf("after the resume: verified %v, source blocks read again %d (want > 0: the first run's checksums died with it)", r.Verified, r.Verification[0].Reread)
+	}
+	want := nonZeroBlocks(t, root)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var again int
+	for _, c := range l.puts {
+		if c > 1 {
+			again++
+		}
+	}
+	if int64(len(l.puts)) != want {
+		t.Errorf("%d distinct blocks written, want the %d non-zero ones", len(l.puts), want)
+	}
+	// The first run committed its checkpoint every 4 blocks with 4
+	// workers: at most 4+4 acknowledged blocks can be sent twice.
+	if again > 8 || len(first) < 40 {
+		t.Errorf("%d of the %d blocks the first run sent were sent again", again, len(first))
+	}
+	t.Logf("first run: %d blocks; sent again after the resume: %d; blocks in total %d", len(first), again, want)
+}
+
+func jsonMarshal(v any) ([]byte, error)   { return json.Marshal(v) }
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
