@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-project/ferry/internal/core"
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/job"
+	"github.com/ferry-project/ferry/internal/migrate"
 	"github.com/ferry-project/ferry/internal/provider"
 	"github.com/ferry-project/ferry/internal/service"
 	"github.com/ferry-project/ferry/internal/site"
@@ -48,6 +49,16 @@ type (
 		Dst       string            `json:"dst"`
 		DstFormat string            `json:"dst_format"`
 		Options   map[string]string `json:"options,omitempty"`
+	}
+	// MigrateRequest plans a migration and, unless DryRun, starts it.
+	MigrateRequest struct {
+		migrate.Request
+		DryRun bool `json:"dry_run,omitempty"`
+	}
+	// MigrateAccepted is a started migration: its plan and its job.
+	MigrateAccepted struct {
+		Plan migrate.Plan `json:"plan"`
+		Job  job.Job      `json:"job"`
 	}
 	// TokenRequest creates a token.
 	TokenRequest struct {
@@ -319,6 +330,27 @@ func (s *Server) convertImage(w http.ResponseWriter, r *http.Request, p auth.Pri
 		return err
 	}
 	return writeAsync(w, j.ID, j)
+}
+
+// ---- migrations
+
+func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+	req, err := decode[MigrateRequest](w, r)
+	if err != nil {
+		return err
+	}
+	if req.DryRun {
+		plan, err := s.cp.PlanMigration(r.Context(), req.Request)
+		if err != nil {
+			return err
+		}
+		return writeSync(w, http.StatusOK, plan)
+	}
+	plan, j, err := s.cp.SubmitMigration(r.Context(), req.Request, p.String())
+	if err != nil {
+		return err
+	}
+	return writeAsync(w, j.ID, MigrateAccepted{Plan: plan, Job: j})
 }
 
 // ---- tokens

@@ -159,6 +159,8 @@ func (s *Server) table() []Route {
 
 		p("POST", "/images/convert", o, s.convertImage),
 
+		p("POST", "/migrations", o, s.migrateVM),
+
 		p("GET", "/tokens", a, s.listTokens),
 		p("POST", "/tokens", a, s.createToken),
 		p("DELETE", "/tokens/{id}", a, s.revokeToken),

@@ -14,6 +14,7 @@ import (
 	"github.com/ferry-project/ferry/internal/api/client"
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/job"
+	"github.com/ferry-project/ferry/internal/migrate"
 	"github.com/ferry-project/ferry/internal/store"
 )
 
@@ -98,6 +99,10 @@ func printJob(g *Globals, j job.Job) {
 	}
 	if j.Error != "" {
 		fmt.Fprintf(g.Stdout, "  error:    %s (%s)\n", j.Error, j.ErrorCode)
+	}
+	if j.Kind == migrate.KindName {
+		printMigrationResult(g.Stdout, j)
+		return
 	}
 	if len(j.Result) > 0 && string(j.Result) != "null" {
 		fmt.Fprintf(g.Stdout, "  result:   %s\n", j.Result)

@@ -193,13 +193,13 @@ func runServe(ctx context.Context, g *Globals, o serveOptions) error {
 		return out
 	}})
 	reg := job.NewRegistry()
-	service.RegisterJobKinds(reg, g.Images, imagesDir)
+	service.RegisterJobKinds(reg, g.Images, imagesDir, sites, g.Logger)
 	jm, err := job.Open(ctx, loc, st, reg, &job.Options{Logger: g.Logger, Work: !o.noWork, Workers: o.workers,
 		SingleNode: loc.Dialect == store.SQLite, LeaseTTL: o.leaseTTL, OnBytes: m.AddBytes})
 	if err != nil {
 		return err
 	}
-	cp := &service.ControlPlane{Store: st, Sites: sites, Jobs: jm, Logger: g.Logger}
+	cp := &service.ControlPlane{Store: st, Sites: sites, Jobs: jm, Logger: g.Logger, Prices: prices}
 
 	tok, created, err := service.BootstrapToken(ctx, st, "admin", false, "ferry serve (first start)")
 	if err != nil {
@@ -343,7 +343,7 @@ type remoteOptions struct {
 func (r *remoteOptions) add(cmd *cobra.Command) {
 	f := cmd.PersistentFlags()
 	f.StringVar(&r.server, "server", "", "ferry server URL ($FERRY_SERVER; default http://"+DefaultListen+")")
-	f.StringVar(&r.tokenFile, "token-file", "", "file holding the API token (default $FERRY_TOKEN)")
+	f.StringVar(&r.tokenFile, "token-file", "", "file holding the API token ($FERRY_TOKEN_FILE; without either, the token itself from $FERRY_TOKEN)")
 	f.StringVar(&r.caFile, "ca-file", "", "CA certificates (PEM) to trust for an https server ($FERRY_CA_FILE)")
 	f.StringVar(&r.fingerprint, "fingerprint", "", "pin the server's certificate by its SHA-256 fingerprint ($FERRY_FINGERPRINT)")
 	f.StringVarP(&r.output, "output", "o", "human", "output format: human or json")
@@ -355,8 +355,8 @@ func (r *remoteOptions) client() (*client.Client, error) {
 	}
 	server := firstOf(r.server, os.Getenv("FERRY_SERVER"), "http://"+DefaultListen)
 	token := os.Getenv("FERRY_TOKEN")
-	if r.tokenFile != "" {
-		b, err := os.ReadFile(r.tokenFile)
+	if tf := firstOf(r.tokenFile, os.Getenv("FERRY_TOKEN_FILE")); tf != "" {
+		b, err := os.ReadFile(tf)
 		if err != nil {
 			return nil, fmt.Errorf("token file: %w", err)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-project/ferry/internal/job"
 	"github.com/ferry-project/ferry/internal/metrics"
 	"github.com/ferry-project/ferry/internal/service"
+	"github.com/ferry-project/ferry/internal/site"
 	"github.com/ferry-project/ferry/internal/store"
 )
 
@@ -23,6 +24,7 @@ type workerOptions struct {
 	workers       int
 	leaseTTL      time.Duration
 	metricsListen string
+	keyFile       string
 }
 
 func newWorkerCommand(g *Globals) *cobra.Command {
@@ -46,6 +48,7 @@ With SQLite (one node), ferry serve runs the jobs itself.`,
 	f.StringVar(&o.data.database, "database", "", "PostgreSQL URL shared with ferry serve ($FERRY_DATABASE)")
 	f.StringVar(&o.data.dir, "data", "", "data directory (only for the images directory, DATA/images)")
 	f.IntVar(&o.workers, "workers", 4, "jobs run at once by this process")
+	f.StringVar(&o.keyFile, "key-file", "", "the server's secret key (or $"+site.KeyEnv+"), to reach sites in migrations")
 	f.DurationVar(&o.leaseTTL, "lease", 30*time.Second, "job lease: how soon a job of a dead worker resumes elsewhere")
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address (/metrics)")
 	return cmd
@@ -67,8 +70,23 @@ func runWorker(ctx context.Context, g *Globals, o workerOptions) error {
 	if o.data.dir != "" {
 		imagesDir = o.data.dir + "/images"
 	}
+	// Migrations need the sites' credentials, sealed under the server's
+	// key: without it this worker runs conversions only.
+	var sites *site.Manager
+	if o.keyFile != "" || os.Getenv(site.KeyEnv) != "" {
+		key, _, err := site.LoadKey(o.keyFile, os.Getenv(site.KeyEnv), "")
+		if err != nil {
+			return err
+		}
+		sites = site.NewManager(st, site.Kinds(), site.NewSealer(key), &site.Options{Logger: g.Logger})
+		defer sites.Close()
+	}
 	reg := job.NewRegistry()
-	service.RegisterJobKinds(reg, g.Images, imagesDir)
+	if sites != nil {
+		service.RegisterJobKinds(reg, g.Images, imagesDir, sites, g.Logger)
+	} else {
+		service.RegisterJobKinds(reg, g.Images, imagesDir, nil, g.Logger)
+	}
 	jm, err := job.Open(ctx, loc, st, reg, &job.Options{Logger: g.Logger, Work: true, Workers: o.workers, LeaseTTL: o.leaseTTL, OnBytes: m.AddBytes})
 	if err != nil {
 		return err

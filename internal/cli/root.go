@@ -116,7 +116,7 @@ and Amazon EC2.`,
 	root.PersistentFlags().StringVar(&g.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file")
 	root.PersistentFlags().MarkHidden("cpuprofile")
 	root.AddCommand(newImageCommand(g), newServeCommand(g), newWorkerCommand(g), newSiteCommand(g), newVMCommand(g),
-		newJobCommand(g), newTokenCommand(g), newAuditCommand(g), newLabCommand(g), newDemoCommand(g), newVersionCommand(g))
+		newJobCommand(g), newMigrateCommand(g), newTokenCommand(g), newAuditCommand(g), newLabCommand(g), newDemoCommand(g), newVersionCommand(g))
 	return root
 }
 

@@ -14,6 +14,8 @@ import (
 	"github.com/ferry-project/ferry/internal/core"
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/job"
+	"github.com/ferry-project/ferry/internal/migrate"
+	"github.com/ferry-project/ferry/internal/pricing"
 	"github.com/ferry-project/ferry/internal/site"
 	"github.com/ferry-project/ferry/internal/store"
 )
@@ -28,6 +30,9 @@ type ControlPlane struct {
 	Sites  *site.Manager
 	Jobs   *job.Manager
 	Logger *slog.Logger
+	// Prices price the instance types migrations plan (default the
+	// built-in table).
+	Prices *pricing.Table
 
 	inv inventoryCache
 }
@@ -231,4 +236,25 @@ func (c *ControlPlane) SubmitImageConvert(ctx context.Context, a ImageConvertArg
 		return job.Job{}, err
 	}
 	return c.Jobs.Submit(ctx, ImageConvertKind, b, &job.SubmitOptions{CreatedBy: by})
+}
+
+// PlanMigration checks a migration and returns its plan (a dry run).
+func (c *ControlPlane) PlanMigration(ctx context.Context, r migrate.Request) (migrate.Plan, error) {
+	pl := migrate.Planner{Sites: c.Sites, Prices: c.Prices}
+	return pl.Plan(ctx, r)
+}
+
+// SubmitMigration plans a migration and queues the job that carries the
+// plan out.
+func (c *ControlPlane) SubmitMigration(ctx context.Context, r migrate.Request, by string) (migrate.Plan, job.Job, error) {
+	plan, err := c.PlanMigration(ctx, r)
+	if err != nil {
+		return plan, job.Job{}, err
+	}
+	b, err := json.Marshal(migrate.State{Plan: plan})
+	if err != nil {
+		return plan, job.Job{}, err
+	}
+	j, err := c.Jobs.Submit(ctx, migrate.KindName, b, &job.SubmitOptions{CreatedBy: by})
+	return plan, j, err
 }

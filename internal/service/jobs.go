@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 
+	"github.com/ferry-project/ferry/internal/core"
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/job"
+	"github.com/ferry-project/ferry/internal/migrate"
+	"github.com/ferry-project/ferry/internal/provider"
 )
 
 // ImageConvertKind is the job kind that converts a disk image.
@@ -29,8 +33,21 @@ type ImageConvertArgs struct {
 // RegisterJobKinds registers every job kind the control plane runs: the
 // one place the job registry is filled. Image paths are confined to
 // imagesDir (relative paths inside it; "" allows any absolute path).
-func RegisterJobKinds(reg *job.Registry, images *Images, imagesDir string) {
+// Migrations reach sites through sites (nil: a node without the site key,
+// whose migrations fail saying so).
+func RegisterJobKinds(reg *job.Registry, images *Images, imagesDir string, sites migrate.Sites, logger *slog.Logger) {
 	job.Register(reg, imageConvertJob(images, imagesDir))
+	if sites == nil {
+		sites = noSites{}
+	}
+	job.Register(reg, (&migrate.Migrator{Sites: sites, Logger: logger}).Kind())
+}
+
+// noSites is the Sites of a node that cannot unseal site credentials.
+type noSites struct{}
+
+func (noSites) Provider(_ context.Context, name core.SiteName) (provider.Provider, error) {
+	return nil, fmt.Errorf("site %s: this node has no site key (give ferry worker --key-file or $FERRY_SECRET_KEY): %w", name, errs.ErrFailedPrecondition)
 }
 
 // confine resolves p inside root.

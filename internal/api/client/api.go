@@ -12,6 +12,7 @@ import (
 	"github.com/ferry-project/ferry/internal/auth"
 	"github.com/ferry-project/ferry/internal/core"
 	"github.com/ferry-project/ferry/internal/job"
+	"github.com/ferry-project/ferry/internal/migrate"
 	"github.com/ferry-project/ferry/internal/provider"
 	"github.com/ferry-project/ferry/internal/service"
 	"github.com/ferry-project/ferry/internal/site"
@@ -209,4 +210,16 @@ func (c *Client) Audit(ctx context.Context, after int64, limit int) ([]audit.Ent
 func (c *Client) VerifyAudit(ctx context.Context) (audit.Report, error) {
 	var out audit.Report
 	return out, c.Do(ctx, http.MethodGet, p+"/audit/verify", nil, nil, &out)
+}
+
+// PlanMigration returns the plan of a migration without starting it.
+func (c *Client) PlanMigration(ctx context.Context, r migrate.Request) (migrate.Plan, error) {
+	var out migrate.Plan
+	return out, c.Do(ctx, http.MethodPost, p+"/migrations", nil, api.MigrateRequest{Request: r, DryRun: true}, &out)
+}
+
+// Migrate plans a migration and starts its job.
+func (c *Client) Migrate(ctx context.Context, r migrate.Request) (api.MigrateAccepted, error) {
+	var out api.MigrateAccepted
+	return out, c.Do(ctx, http.MethodPost, p+"/migrations", nil, api.MigrateRequest{Request: r}, &out)
 }
