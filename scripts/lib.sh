@@ -14,13 +14,22 @@ as_root() {
 	if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# have CMD: CMD is on PATH or in /usr/sbin or /sbin (often off a user's
+# PATH); an absolute path names a file that must exist.
+have() {
+	case $1 in
+	/*) [ -e "$1" ] ;;
+	*) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] ;;
+	esac
+}
+
 apt_updated=
-# ensure_pkgs CMD:PKG ... installs PKG when CMD is not on PATH.
+# ensure_pkgs CMD:PKG ... installs PKG when CMD is missing (see have).
 ensure_pkgs() {
 	local missing=() spec cmd pkg
 	for spec in "$@"; do
 		cmd=${spec%%:*} pkg=${spec#*:}
-		command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+		have "$cmd" || missing+=("$pkg")
 	done
 	[ ${#missing[@]} -eq 0 ] && return 0
 	log "installing ${missing[*]} (apt-get)"

@@ -250,6 +250,19 @@ func (s *Server) powerVM(w http.ResponseWriter, r *http.Request, _ auth.Principa
 	return writeSync(w, http.StatusOK, vm)
 }
 
+// ConsoleText is what a VM printed on its console.
+type ConsoleText struct {
+	Text string `json:"text"`
+}
+
+func (s *Server) consoleVM(w http.ResponseWriter, r *http.Request, _ auth.Principal) error {
+	text, err := s.cp.ConsoleLog(r.Context(), core.SiteName(r.PathValue("site")), core.VMID(r.PathValue("id")))
+	if err != nil {
+		return err
+	}
+	return writeSync(w, http.StatusOK, ConsoleText{Text: text})
+}
+
 // ---- jobs
 
 func intParam(r *http.Request, name string, def int64) (int64, error) {

@@ -148,6 +148,7 @@ func (s *Server) table() []Route {
 		p("GET", "/vms", v, s.listVMs),
 		p("GET", "/vms/{site}/{id}", v, s.getVM),
 		p("POST", "/vms/{site}/{id}/power", o, s.powerVM),
+		p("GET", "/vms/{site}/{id}/console", v, s.consoleVM),
 
 		p("GET", "/jobs", v, s.listJobs),
 		p("POST", "/jobs", o, s.submitJob),

@@ -18,7 +18,7 @@ func newVMCommand(g *Globals) *cobra.Command {
 		Short: "The VM inventory across every site",
 	}
 	r.add(cmd)
-	cmd.AddCommand(newVMListCommand(g, &r), newVMShowCommand(g, &r), newVMPowerCommand(g, &r))
+	cmd.AddCommand(newVMListCommand(g, &r), newVMShowCommand(g, &r), newVMPowerCommand(g, &r), newVMConsoleCommand(g, &r))
 	return cmd
 }
 
@@ -90,6 +90,26 @@ func newVMShowCommand(g *Globals, r *remoteOptions) *cobra.Command {
 				return err
 			}
 			return writeJSON(g.Stdout, v)
+		},
+	}
+}
+
+func newVMConsoleCommand(g *Globals, r *remoteOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "console SITE VM-ID",
+		Short: "Print what a VM wrote on its serial console (where the site keeps it)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := r.client()
+			if err != nil {
+				return err
+			}
+			text, err := c.Console(cmd.Context(), core.SiteName(args[0]), core.VMID(args[1]))
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(g.Stdout, text)
+			return nil
 		},
 	}
 }

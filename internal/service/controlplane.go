@@ -16,6 +16,7 @@ import (
 	"github.com/ferry-project/ferry/internal/job"
 	"github.com/ferry-project/ferry/internal/migrate"
 	"github.com/ferry-project/ferry/internal/pricing"
+	"github.com/ferry-project/ferry/internal/provider"
 	"github.com/ferry-project/ferry/internal/site"
 	"github.com/ferry-project/ferry/internal/store"
 )
@@ -257,4 +258,18 @@ func (c *ControlPlane) SubmitMigration(ctx context.Context, r migrate.Request, b
 	}
 	j, err := c.Jobs.Submit(ctx, migrate.KindName, b, &job.SubmitOptions{CreatedBy: by})
 	return plan, j, err
+}
+
+// ConsoleLog returns what a VM printed on its console, where the site
+// keeps it (XenServer lab, EC2 GetConsoleOutput).
+func (c *ControlPlane) ConsoleLog(ctx context.Context, s core.SiteName, id core.VMID) (string, error) {
+	p, err := c.Sites.Provider(ctx, s)
+	if err != nil {
+		return "", err
+	}
+	cl, ok := p.(provider.Consoler)
+	if !ok || !p.Info().Capabilities.ConsoleLog {
+		return "", fmt.Errorf("site %s does not keep console output: %w", s, errs.ErrUnimplemented)
+	}
+	return cl.ConsoleLog(ctx, id)
 }

@@ -223,3 +223,10 @@ func (c *Client) Migrate(ctx context.Context, r migrate.Request) (api.MigrateAcc
 	var out api.MigrateAccepted
 	return out, c.Do(ctx, http.MethodPost, p+"/migrations", nil, api.MigrateRequest{Request: r}, &out)
 }
+
+// Console returns what a VM printed on its console.
+func (c *Client) Console(ctx context.Context, s core.SiteName, id core.VMID) (string, error) {
+	var out api.ConsoleText
+	err := c.Do(ctx, http.MethodGet, p+"/vms/"+esc(string(s))+"/"+esc(string(id))+"/console", nil, nil, &out)
+	return out.Text, err
+}
