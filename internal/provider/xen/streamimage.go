@@ -60,6 +60,10 @@ func (r *keptRun) end() int64 { return r.off + int64(len(r.data)) }
 // maxRetained bounds the memory holding runs read ahead.
 const maxRetained = 256 << 20
 
+// lagSlack is how far behind the read that moves the stream runs are kept
+// when the stream is read again.
+const lagSlack = 16 << 20
+
 func newStreamImage(name string, size int64, open func(context.Context) (disk.Stream, error)) *streamImage {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &streamImage{name: name, size: size, open: open, ctx: ctx, cancel: cancel,
@@ -150,6 +154,9 @@ func (im *streamImage) stepLocked(keepFrom int64) error {
 		im.known = end
 	}
 	im.pos = end
+	// Readers running a little out of order (parallel workers) still
+	// want runs just behind the one that moved the stream: keep those.
+	keepFrom -= lagSlack
 	if end > keepFrom && len(p) > 0 && !im.isKeptLocked(off, end) {
 		s := max(off, keepFrom)
 		kr := keptRun{off: s, data: slices.Clone(p[s-off:])}
@@ -179,9 +186,13 @@ func (im *streamImage) trimLocked() {
 		}
 		return false
 	})
+	// Over budget, drop the runs furthest ahead: readers go up the disk,
+	// so the lowest runs are the next ones asked for, and dropping them
+	// would make every read open the stream again.
 	for im.keptSize > maxRetained && len(im.kept) > 1 {
-		im.keptSize -= int64(len(im.kept[0].data))
-		im.kept = im.kept[1:]
+		last := len(im.kept) - 1
+		im.keptSize -= int64(len(im.kept[last].data))
+		im.kept = im.kept[:last]
 	}
 }
 
