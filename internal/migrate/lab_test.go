@@ -54,6 +54,7 @@ func (m siteMap) Provider(_ context.Context, n core.SiteName) (provider.Provider
 type labs struct {
 	xenURL, awsURL string
 	xenSrv         *xenlab.Server
+	xenDir         string
 
 	mu       sync.Mutex
 	puts     map[string]int // "snapshot/block" -> acknowledged PUTs
@@ -64,10 +65,11 @@ type labs struct {
 	reached  chan struct{}
 }
 
-func newLabs(t *testing.T) *labs {
+func newLabs(t testing.TB) *labs {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
-	xs, err := xenlab.New(t.Context(), xenlab.Options{Dir: t.TempDir(), Users: map[string]string{labUser: labPass}, Logger: log})
+	xenDir := t.TempDir()
+	xs, err := xenlab.New(t.Context(), xenlab.Options{Dir: xenDir, Users: map[string]string{labUser: labPass}, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +77,7 @@ func newLabs(t *testing.T) *labs {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &labs{xenSrv: xs, puts: map[string]int{}, release: make(chan struct{}), reached: make(chan struct{})}
+	l := &labs{xenSrv: xs, xenDir: xenDir, puts: map[string]int{}, release: make(chan struct{}), reached: make(chan struct{})}
 	xh := httptest.NewServer(xs.Handler())
 	ah := as.Handler()
 	awsHS := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -153,7 +155,7 @@ func openSites(ctx context.Context, xenURL, awsURL string) (siteMap, error) {
 	return siteMap{"dc1": x, "aws1": a}, nil
 }
 
-func (l *labs) sites(t *testing.T) siteMap {
+func (l *labs) sites(t testing.TB) siteMap {
 	t.Helper()
 	s, err := openSites(t.Context(), l.xenURL, l.awsURL)
 	if err != nil {
@@ -163,7 +165,7 @@ func (l *labs) sites(t *testing.T) siteMap {
 }
 
 // addVM imports a VM into the XenServer lab with the given disks.
-func addVM(t *testing.T, s siteMap, name string, disks ...disk.Image) core.VMID {
+func addVM(t testing.TB, s siteMap, name string, disks ...disk.Image) core.VMID {
 	t.Helper()
 	spec := core.VMSpec{Name: name, CPUs: 2, MemoryBytes: 1 << 30, NICs: []core.NICSpec{{Name: "eth0"}}}
 	for i, d := range disks {
@@ -181,7 +183,7 @@ func pattern(name string, size int64, fill float64) synth.Image {
 }
 
 // manager runs jobs with the migration kind over a SQLite store in dir.
-func manager(t *testing.T, dir string, sites Sites, work bool) *job.Manager {
+func manager(t testing.TB, dir string, sites Sites, work bool) *job.Manager {
 	t.Helper()
 	loc, err := store.ParseLocation(dir, "")
 	if err != nil {
@@ -205,7 +207,7 @@ func manager(t *testing.T, dir string, sites Sites, work bool) *job.Manager {
 	return m
 }
 
-func submit(t *testing.T, m *job.Manager, sites Sites, r Request) (Plan, job.Job) {
+func submit(t testing.TB, m *job.Manager, sites Sites, r Request) (Plan, job.Job) {
 	t.Helper()
 	pl := Planner{Sites: sites}
 	plan, err := pl.Plan(t.Context(), r)
@@ -220,7 +222,7 @@ func submit(t *testing.T, m *job.Manager, sites Sites, r Request) (Plan, job.Job
 	return plan, j
 }
 
-func waitJob(t *testing.T, m *job.Manager, id string, states ...string) job.Job {
+func waitJob(t testing.TB, m *job.Manager, id string, states ...string) job.Job {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
@@ -240,7 +242,7 @@ func waitJob(t *testing.T, m *job.Manager, id string, states ...string) job.Job 
 	}
 }
 
-func result(t *testing.T, j job.Job) Result {
+func result(t testing.TB, j job.Job) Result {
 	t.Helper()
 	var r Result
 	if err := jsonUnmarshal(j.Result, &r); err != nil {
@@ -251,7 +253,7 @@ func result(t *testing.T, j job.Job) Result {
 
 // sameData fails unless a and b read the same everywhere either holds
 // data (beyond the shorter one, the longer must read zeros).
-func sameData(t *testing.T, a, b disk.Image) {
+func sameData(t testing.TB, a, b disk.Image) {
 	t.Helper()
 	check := func(x, y disk.Image) {
 		buf1, buf2 := make([]byte, 1<<20), make([]byte, 1<<20)
@@ -284,7 +286,7 @@ func sameData(t *testing.T, a, b disk.Image) {
 }
 
 // nonZeroBlocks counts the EBS blocks of img that hold a non-zero byte.
-func nonZeroBlocks(t *testing.T, img disk.Image) int64 {
+func nonZeroBlocks(t testing.TB, img disk.Image) int64 {
 	t.Helper()
 	blocks, err := blockSet(t.Context(), img)
 	if err != nil {
@@ -519,7 +521,7 @@ type node struct {
 	exited chan struct{}
 }
 
-func startNode(t *testing.T, env ...string) *node {
+func startNode(t testing.TB, env ...string) *node {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), append([]string{"FERRY_TEST_MAIN=migratenode"}, env...)...)
