@@ -508,12 +508,12 @@ func (m *Migrator) verify(ctx context.Context, e *job.Env, s *State) error {
 
 // register registers the AMI over the disks' snapshots (EC2 targets).
 func (m *Migrator) register(ctx context.Context, e *job.Env, s *State) error {
-	if s.Image != "" {
-		return nil
-	}
 	a, err := m.awsTarget(ctx, s)
 	if err != nil {
 		return err
+	}
+	if s.Image != "" {
+		return a.WaitImage(ctx, s.Image)
 	}
 	spec := aws.RegisterSpec{
 		Name:        fmt.Sprintf("%s-%s", amiName(s.Plan.Name), e.JobID),
@@ -530,7 +530,10 @@ func (m *Migrator) register(ctx context.Context, e *job.Env, s *State) error {
 		return err
 	}
 	s.Image = ami
-	return record(ctx, e, s, Resource{Site: s.Plan.Request.Target, Kind: "ami", ID: ami})
+	if err := record(ctx, e, s, Resource{Site: s.Plan.Request.Target, Kind: "ami", ID: ami}); err != nil {
+		return err
+	}
+	return a.WaitImage(ctx, ami)
 }
 
 // rootFirst orders the disks with the bootable one first.

@@ -73,7 +73,7 @@ func newLabs(t testing.TB) *labs {
 	if err != nil {
 		t.Fatal(err)
 	}
-	as, err := awslab.New(t.Context(), awslab.Options{Dir: t.TempDir(), AccessKey: labKey, SecretKey: labSecret, Region: "us-east-1", Logger: log, Delay: -1})
+	as, err := awslab.New(t.Context(), awslab.Options{Dir: t.TempDir(), AccessKey: labKey, SecretKey: labSecret, Region: "us-east-1", Logger: log, Delay: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

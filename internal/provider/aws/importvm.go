@@ -17,6 +17,7 @@ import (
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/progress"
 	"github.com/ferry-project/ferry/internal/provider"
+	"github.com/ferry-project/ferry/internal/provider/aws/awserr"
 	"github.com/ferry-project/ferry/internal/provider/aws/ebsdirect"
 )
 
@@ -122,6 +123,33 @@ func (p *Provider) RegisterImage(ctx context.Context, spec RegisterSpec) (string
 	return id, nil
 }
 
+// WaitImage polls until the AMI is available (a new AMI is pending for a
+// while); failed or deregistered is a FailedPrecondition error.
+func (p *Provider) WaitImage(ctx context.Context, id string) error {
+	misses := 0
+	return awserr.Poll(ctx, p.cfg.PollEvery, p.cfg.PollMax, func(ctx context.Context) (bool, error) {
+		imgs, err := p.describeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{id}})
+		if (isNotFound(err) || (err == nil && len(imgs) == 0)) && misses < 5 {
+			misses++ // eventual consistency right after RegisterImage
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if len(imgs) == 0 {
+			return false, fmt.Errorf("aws: image %s: not found: %w", id, errs.ErrNotFound)
+		}
+		switch st := ec2types.ImageState(imgs[0].State); st {
+		case ec2types.ImageStateAvailable:
+			return true, nil
+		case ec2types.ImageStatePending:
+			return false, nil
+		default:
+			return false, fmt.Errorf("aws: image %s is %s, waiting for available: %w", id, st, errs.ErrFailedPrecondition)
+		}
+	})
+}
+
 // DeregisterImage deregisters an AMI (its snapshots stay); an unknown AMI
 // is no error.
 func (p *Provider) DeregisterImage(ctx context.Context, id string) error {
@@ -215,6 +243,9 @@ func (p *Provider) ImportVM(ctx context.Context, spec core.VMSpec, disks []disk.
 		return fail(err)
 	}
 	u.add("deregister image "+ami, func(ctx context.Context) error { return p.DeregisterImage(ctx, ami) })
+	if err := p.WaitImage(ctx, ami); err != nil {
+		return fail(err)
+	}
 	rep.Phase("launch")
 	id, err := p.Launch(ctx, LaunchSpec{AMI: ami, InstanceType: pickInstanceType(spec.CPUs, spec.MemoryBytes), SubnetID: subnet, Name: spec.Name, Tags: o.Tags})
 	if err != nil {
