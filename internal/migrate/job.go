@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,12 @@ import (
 
 // KindName is the migration job's kind.
 const KindName = "vm.migrate"
+
+// Tags on a migrated EC2 instance that keep the source VM's size.
+const (
+	TagCPUs   = "ferry:cpus"
+	TagMemory = "ferry:memory-bytes"
+)
 
 // Resource is something a migration created, on the source (its
 // snapshot) or the target; a cancelled or failed migration removes them
@@ -577,6 +584,10 @@ func (m *Migrator) createVM(ctx context.Context, e *job.Env, s *State) error {
 		if s.Plan.Instance != nil {
 			it = s.Plan.Instance.Type
 		}
+		// The VM's own size rides along, so that a migration back gives
+		// it its CPUs and memory, not the instance type's.
+		tags[TagCPUs] = strconv.Itoa(s.Plan.VM.CPUs)
+		tags[TagMemory] = strconv.FormatInt(s.Plan.VM.MemoryBytes, 10)
 		id, err := a.Launch(ctx, aws.LaunchSpec{AMI: s.Image, InstanceType: it, SubnetID: s.Plan.Subnet,
 			SecurityGroupIDs: s.Plan.SecurityGroups, Name: s.Plan.Name, Tags: tags})
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -187,6 +188,18 @@ func (pl *Planner) Plan(ctx context.Context, r Request) (Plan, error) {
 		p.Warnings = append(p.Warnings, "the VM is running: its disks are copied from a crash-consistent snapshot; shut it down first for a clean copy")
 	default:
 		return Plan{}, fmt.Errorf("%s: the VM is %s; migrate a halted or running VM: %w", what, vm.PowerState, errs.ErrFailedPrecondition)
+	}
+	if p.TargetKind == provider.KindXen {
+		// An instance ferry migrated into EC2 keeps its VM's own size in
+		// tags; the instance type's may be larger.
+		cpus, err1 := strconv.Atoi(vm.Tags[TagCPUs])
+		mem, err2 := strconv.ParseInt(vm.Tags[TagMemory], 10, 64)
+		if err1 == nil && err2 == nil && cpus > 0 && mem > 0 && (cpus != vm.CPUs || mem != vm.MemoryBytes) {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("the VM gets %d vCPUs and %s, its size before it was migrated to EC2 (the instance type has %d vCPUs and %s)",
+				cpus, sizeText(mem), vm.CPUs, sizeText(vm.MemoryBytes)))
+			p.VM.CPUs, p.VM.MemoryBytes = cpus, mem
+			vm = p.VM
+		}
 	}
 	if vm.CPUs < 1 || vm.MemoryBytes <= 0 {
 		return Plan{}, fmt.Errorf("%s: the VM reports %d CPUs and %d bytes of memory: %w", what, vm.CPUs, vm.MemoryBytes, errs.ErrFailedPrecondition)
