@@ -356,7 +356,7 @@ func (s *Server) putSnapshotBlock(w http.ResponseWriter, r *http.Request, reqID,
 		return validationErr("INVALID_PARAMETER_VALUE", "The checksum of the block data does not match the x-amz-Checksum given.")
 	}
 	s.blocks.gc.RLock()
-	h, err := s.blocks.put(data)
+	h, err := s.blocks.putSum(data, sum)
 	if err == nil {
 		err = j.add(blk, h)
 	}

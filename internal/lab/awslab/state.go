@@ -311,6 +311,13 @@ func (st *state) save(dir string) error {
 // writeFileAtomic writes b to path through a temporary file in the same
 // directory, synced before it is renamed into place.
 func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
+	return writeFile(path, b, mode, true)
+}
+
+// writeFile writes b to path through a temporary file renamed into
+// place, so that path is always whole; with sync, the data reaches the
+// disk before the rename.
+func writeFile(path string, b []byte, mode os.FileMode, sync bool) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
@@ -320,7 +327,7 @@ func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
 	if err == nil {
 		_, err = f.Write(b)
 	}
-	if err == nil {
+	if err == nil && sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
