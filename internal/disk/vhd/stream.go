@@ -162,6 +162,28 @@ func openStream(ctx context.Context, r io.Reader, opts *disk.OpenOptions) (disk.
 	return s, nil
 }
 
+// Allocated lists the ranges of the blocks the BAT allocates, known as
+// soon as the stream is open: a superset of the runs Next returns (a
+// sector left unset in a block's bitmap reads as zeros).
+func (s *stream) Allocated() []disk.Extent {
+	var out []disk.Extent
+	blocks := slices.Clone(s.order)
+	slices.Sort(blocks)
+	for _, b := range blocks {
+		off := b * s.bs
+		end := min(off+s.bs, s.size)
+		if off >= end {
+			continue
+		}
+		if n := len(out); n > 0 && out[n-1].End() == off {
+			out[n-1].Len += end - off
+			continue
+		}
+		out = append(out, disk.Extent{Off: off, Len: end - off, Kind: disk.Data})
+	}
+	return out
+}
+
 func (s *stream) Size() int64     { return s.size }
 func (s *stream) Info() disk.Info { return s.info }
 

@@ -45,6 +45,10 @@ type streamImage struct {
 	seen     []disk.Extent // the stream's runs below known, merged
 	kept     []keptRun     // runs read but not yet consumed, ascending
 	keptSize int64
+	// coarse: seen came from the stream's allocation map when it opened
+	// (a VHD's BAT), a superset of its runs; a range it covers that the
+	// stream leaves out reads as zeros.
+	coarse bool
 	opens    int
 	closed   bool
 }
@@ -85,6 +89,11 @@ func (im *streamImage) start(ctx context.Context) error {
 			return ctx.Err()
 		}
 		return err
+	}
+	if a, ok := im.s.(interface{ Allocated() []disk.Extent }); ok && im.fixed == nil && im.known == 0 {
+		// The extents are known without reading the data: readers need
+		// not wait for (or keep) the whole stream to plan.
+		im.seen, im.known, im.coarse = a.Allocated(), im.size, true
 	}
 	if si := im.s.Info(); si.Format != "" {
 		if im.info.Specific == nil {
@@ -158,12 +167,14 @@ func (im *streamImage) stepLocked(keepFrom int64) error {
 	// want runs just behind the one that moved the stream: keep those.
 	keepFrom -= lagSlack
 	if end > keepFrom && len(p) > 0 && !im.isKeptLocked(off, end) {
+		// Make room first: the run read now is the one a reader is
+		// waiting for, never dropped before it is read.
+		im.trimLocked()
 		s := max(off, keepFrom)
 		kr := keptRun{off: s, data: slices.Clone(p[s-off:])}
 		i, _ := slices.BinarySearchFunc(im.kept, s, func(r keptRun, o int64) int { return cmpInt(r.off, o) })
 		im.kept = slices.Insert(im.kept, i, kr)
 		im.keptSize += end - s
-		im.trimLocked()
 	}
 	return nil
 }
@@ -241,6 +252,15 @@ func (im *streamImage) inRunLocked(off int64) (bool, int64) {
 	return false, im.known
 }
 
+// keptAfterLocked returns the first kept run starting after off, if any.
+func (im *streamImage) keptAfterLocked(off int64) *keptRun {
+	i, _ := slices.BinarySearchFunc(im.kept, off+1, func(r keptRun, o int64) int { return cmpInt(r.off, o) })
+	if i < len(im.kept) {
+		return &im.kept[i]
+	}
+	return nil
+}
+
 // keptAt returns the kept run holding off, if any.
 func (im *streamImage) keptAtLocked(off int64) *keptRun {
 	i, _ := slices.BinarySearchFunc(im.kept, off, func(r keptRun, o int64) int {
@@ -284,11 +304,26 @@ func (im *streamImage) readRunLocked(p []byte, off int64) error {
 		}
 		for im.pos <= pos {
 			if err := im.stepLocked(pos); err != nil {
+				if errors.Is(err, io.EOF) && im.coarse {
+					im.pos = im.size + 1
+					break
+				}
 				if errors.Is(err, io.EOF) {
 					return fmt.Errorf("%s: the export ended before the data at %d: %w", im.name, pos, errs.ErrCorrupt)
 				}
 				return err
 			}
+		}
+		if im.keptAtLocked(pos) == nil && im.coarse {
+			// An allocated range the stream sent nothing for: zeros, up
+			// to the next data the stream sent.
+			next := min(end, im.pos)
+			if r := im.keptAfterLocked(pos); r != nil {
+				next = min(next, r.off)
+			}
+			clear(p[pos-off : next-off])
+			pos = next
+			continue
 		}
 		if im.keptAtLocked(pos) == nil {
 			// The stream passed pos without data there.
