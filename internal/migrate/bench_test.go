@@ -3,6 +3,7 @@ package migrate
 import (
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"testing"
 	"time"
@@ -68,6 +69,15 @@ func BenchmarkMigrateXenToAWS(b *testing.B) {
 		os.Remove(out)
 
 		m := manager(b, b.TempDir(), s, true)
+		if f := os.Getenv("FERRY_BENCH_CPUPROFILE"); f != "" {
+			// The migration alone, not the set-up.
+			out, err := os.Create(f)
+			if err != nil {
+				b.Fatal(err)
+			}
+			pprof.StartCPUProfile(out)
+			defer func() { pprof.StopCPUProfile(); out.Close() }()
+		}
 		b.StartTimer()
 		_, j := submit(b, m, s, Request{Source: "dc1", VM: "bench-1", Target: "aws1"})
 		j = waitJob(b, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)

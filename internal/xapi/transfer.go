@@ -313,8 +313,28 @@ func (c *Client) ExportRawVDI(ctx context.Context, vdi VDIRef, format string, ba
 	}
 	es.s = s
 	ok = true
+	if a, isMapped := s.(allocator); isMapped && isNullRef(string(base)) {
+		// A whole-disk VHD export: its BAT says which blocks hold data
+		// (a delta's does not: its unset sectors are the parent's).
+		return &mappedExportStream{exportStream: es, alloc: a}, nil
+	}
 	return es, nil
 }
+
+// allocator is a stream that knows its allocated ranges when it opens
+// (vhd's stream: from its BAT); unset sectors in them read as zeros.
+type allocator interface{ Allocated() []disk.Extent }
+
+// mappedExportStream is an export whose allocated ranges are known up
+// front.
+type mappedExportStream struct {
+	*exportStream
+	alloc allocator
+}
+
+// Allocated lists the ranges the export's blocks cover: a superset of its
+// runs; the rest of them reads as zeros.
+func (m *mappedExportStream) Allocated() []disk.Extent { return m.alloc.Allocated() }
 
 // trackedBody counts bytes and remembers how the body ended.
 type trackedBody struct {

@@ -49,6 +49,11 @@ type streamImage struct {
 	// (a VHD's BAT), a superset of its runs; a range it covers that the
 	// stream leaves out reads as zeros.
 	coarse bool
+	// sent lists (merged) the runs the stream holds below sentUpTo, how
+	// far it has been read (coarse only): below it, what sent leaves out
+	// reads as zeros.
+	sent     []disk.Extent
+	sentUpTo int64
 	opens    int
 	closed   bool
 }
@@ -163,6 +168,15 @@ func (im *streamImage) stepLocked(keepFrom int64) error {
 		im.known = end
 	}
 	im.pos = end
+	if im.coarse && end > im.sentUpTo {
+		s := max(off, im.sentUpTo)
+		if n := len(im.sent); n > 0 && im.sent[n-1].End() == s {
+			im.sent[n-1].Len += end - s
+		} else if end > s {
+			im.sent = append(im.sent, disk.Extent{Off: s, Len: end - s, Kind: disk.Data})
+		}
+		im.sentUpTo = end
+	}
 	// Readers running a little out of order (parallel workers) still
 	// want runs just behind the one that moved the stream: keep those.
 	keepFrom -= lagSlack
@@ -252,13 +266,28 @@ func (im *streamImage) inRunLocked(off int64) (bool, int64) {
 	return false, im.known
 }
 
-// keptAfterLocked returns the first kept run starting after off, if any.
-func (im *streamImage) keptAfterLocked(off int64) *keptRun {
-	i, _ := slices.BinarySearchFunc(im.kept, off+1, func(r keptRun, o int64) int { return cmpInt(r.off, o) })
-	if i < len(im.kept) {
-		return &im.kept[i]
+// unsentLocked reports whether off lies where the stream, read past it,
+// sent no data (coarse only), and where that gap ends.
+func (im *streamImage) unsentLocked(off int64) (int64, bool) {
+	if !im.coarse || off >= im.sentUpTo {
+		return 0, false
 	}
-	return nil
+	i, found := slices.BinarySearchFunc(im.sent, off, func(e disk.Extent, o int64) int {
+		switch {
+		case e.End() <= o:
+			return -1
+		case e.Off > o:
+			return 1
+		}
+		return 0
+	})
+	if found {
+		return 0, false
+	}
+	if i < len(im.sent) {
+		return im.sent[i].Off, true
+	}
+	return im.sentUpTo, true
 }
 
 // keptAt returns the kept run holding off, if any.
@@ -292,6 +321,13 @@ func (im *streamImage) readRunLocked(p []byte, off int64) error {
 			pos += n
 			continue
 		}
+		if next, ok := im.unsentLocked(pos); ok {
+			// A part of an allocated block the stream holds no data for.
+			next = min(next, end)
+			clear(p[pos-off : next-off])
+			pos = next
+			continue
+		}
 		if im.s == nil || im.pos > pos {
 			// Behind the stream (or it ended): read it again.
 			if reopened == 2 {
@@ -305,7 +341,8 @@ func (im *streamImage) readRunLocked(p []byte, off int64) error {
 		for im.pos <= pos {
 			if err := im.stepLocked(pos); err != nil {
 				if errors.Is(err, io.EOF) && im.coarse {
-					im.pos = im.size + 1
+					// The end: the stream holds nothing more.
+					im.sentUpTo = im.size
 					break
 				}
 				if errors.Is(err, io.EOF) {
@@ -314,16 +351,8 @@ func (im *streamImage) readRunLocked(p []byte, off int64) error {
 				return err
 			}
 		}
-		if im.keptAtLocked(pos) == nil && im.coarse {
-			// An allocated range the stream sent nothing for: zeros, up
-			// to the next data the stream sent.
-			next := min(end, im.pos)
-			if r := im.keptAfterLocked(pos); r != nil {
-				next = min(next, r.off)
-			}
-			clear(p[pos-off : next-off])
-			pos = next
-			continue
+		if _, ok := im.unsentLocked(pos); ok {
+			continue // zeros: the loop's next turn fills them
 		}
 		if im.keptAtLocked(pos) == nil {
 			// The stream passed pos without data there.

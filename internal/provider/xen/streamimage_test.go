@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -265,5 +266,99 @@ func TestStreamImageErrors(t *testing.T) {
 	wrong := newStreamImage("t", pt.Size+512, func(ctx context.Context) (disk.Stream, error) { return newRunStream(pt, 1<<20), nil })
 	if err := wrong.start(t.Context()); !errs.Is(err, errs.Corrupt) {
 		t.Errorf("wrong size: %v", err)
+	}
+}
+
+// mappedRunStream is a runStream that knows, when it opens, the 2 MiB
+// blocks holding its runs (as a VHD stream does from its BAT).
+type mappedRunStream struct{ *runStream }
+
+func (s mappedRunStream) Allocated() []disk.Extent {
+	const bs = 2 << 20
+	var out []disk.Extent
+	for _, e := range s.pt.Data {
+		for b := e.Off / bs; b*bs < e.End(); b++ {
+			off, end := b*bs, min((b+1)*bs, s.pt.Size)
+			if n := len(out); n > 0 && out[n-1].End() >= off {
+				out[n-1].Len = end - out[n-1].Off
+				continue
+			}
+			out = append(out, disk.Extent{Off: off, Len: end - off, Kind: disk.Data})
+		}
+	}
+	return out
+}
+
+// TestStreamImageMapped: with the allocation known up front, the extents
+// need no read of the stream, the parts of allocated blocks the stream
+// leaves out read as zeros, and parallel readers a little out of order
+// read the stream once.
+func TestStreamImageMapped(t *testing.T) {
+	pt := testPattern()
+	want := pt.Bytes()
+	var opens atomic.Int32
+	im := newStreamImage("mapped", pt.Size, func(ctx context.Context) (disk.Stream, error) {
+		opens.Add(1)
+		return mappedRunStream{newRunStream(pt, 1<<20)}, nil
+	})
+	if err := im.start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	var got []disk.Extent
+	for e, err := range im.Extents(t.Context(), 0, pt.Size) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Kind == disk.Data {
+			got = append(got, e)
+		}
+	}
+	if im.pos != 0 || len(im.kept) != 0 {
+		t.Fatalf("listing the extents read the stream to %d", im.pos)
+	}
+	wantExt := mappedRunStream{newRunStream(pt, 1<<20)}.Allocated()
+	if !slices.Equal(got, wantExt) {
+		t.Fatalf("extents %v, want the allocated blocks %v", got, wantExt)
+	}
+	// four readers over 512 KiB pieces of the allocated blocks, each
+	// taking the next piece as it comes
+	var pieces []int64
+	for _, e := range got {
+		for off := e.Off; off < e.End(); off += 512 << 10 {
+			pieces = append(pieces, off)
+		}
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	for range 4 {
+		wg.Go(func() {
+			p := make([]byte, 512<<10)
+			for {
+				k := next.Add(1) - 1
+				if k >= int64(len(pieces)) {
+					return
+				}
+				off := pieces[k]
+				n, err := im.ReadAt(p, off)
+				if err != nil && !errors.Is(err, io.EOF) {
+					errc <- err
+					return
+				}
+				if !bytes.Equal(p[:n], want[off:off+int64(n)]) {
+					errc <- fmt.Errorf("%d bytes at %d differ", n, off)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	if n := opens.Load(); n > 2 {
+		t.Errorf("the stream was opened %d times", n)
 	}
 }
