@@ -219,7 +219,7 @@ func printMigrationResult(w io.Writer, j job.Job) {
 		if !v.OK {
 			verdict = fmt.Sprintf("FAILED: %d blocks differ, first %d", v.Mismatches, v.FirstMismatch)
 		}
-		fmt.Fprintf(w, "  verified: %s → %s: %d blocks of %s checked by SHA-256 (%d from the transfer, %d read again), %s read back; digest %.16s… %s\n",
-			v.Disk, v.Target, v.Blocks, humanBytes(v.BlockSize), v.FromTransfer, v.Reread, humanBytes(v.BytesReadBack), v.TargetDigest, verdict)
+		fmt.Fprintf(w, "  verified: %s → %s: %d blocks of %s checked by SHA-256 (source checksums: %d from the transfer, %d read again; %d only on the target, as zeros), %s read back; digest %.16s… %s\n",
+			v.Disk, v.Target, v.Blocks, humanBytes(v.BlockSize), v.FromTransfer, v.Reread, v.TargetOnly, humanBytes(v.BytesReadBack), v.TargetDigest, verdict)
 	}
 }

@@ -212,6 +212,10 @@ type Verification struct {
 	// resume).
 	FromTransfer int64 `json:"from_transfer"`
 	Reread       int64 `json:"reread"`
+	// TargetOnly counts blocks only the target stores (a target that
+	// writes whole larger blocks stores zeros the source leaves out):
+	// they must read as zeros.
+	TargetOnly int64 `json:"target_only"`
 	// BytesReadBack is the data read back from the target.
 	BytesReadBack int64 `json:"bytes_read_back"`
 	Mismatches    int64 `json:"mismatches"`
@@ -280,6 +284,9 @@ func verify(ctx context.Context, name string, sums *blockSums, openSrc func(cont
 			switch s, ok := sums.get(i); {
 			case !inSrc[i]:
 				srcSums[k] = zeroSum
+				mu.Lock()
+				v.TargetOnly++
+				mu.Unlock()
 			case ok:
 				srcSums[k] = s
 				mu.Lock()
