@@ -108,6 +108,19 @@ type window struct {
 
 func (w *window) Close() error { return nil }
 
+// empty reports whether the window holds no data.
+func (w *window) empty(ctx context.Context) (bool, error) {
+	for e, err := range dataBlocks(ctx, w.Image, w.from, w.to) {
+		if err != nil {
+			return false, err
+		}
+		if e.Len > 0 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 func (w *window) Extents(ctx context.Context, off, n int64) iter.Seq2[disk.Extent, error] {
 	return func(yield func(disk.Extent, error) bool) {
 		end := off + n

@@ -102,7 +102,8 @@ type Migrator struct {
 	Sites  Sites
 	Logger *slog.Logger
 	// Window is how much of a VDI's address space one import_raw_vdi
-	// covers (a commit point); default 256 MiB.
+	// covers (a commit point); default 256 MiB, or a 16th of the disk
+	// when that is larger.
 	Window int64
 	// SaveEvery is how many EBS blocks go between checkpoints; default 32.
 	SaveEvery int
@@ -445,8 +446,11 @@ func (m *Migrator) toVDI(ctx context.Context, e *job.Env, s *State, i int, img d
 		return err
 	}
 	d := &s.Disks[i]
-	win := cmp.Or(m.Window, 256<<20)
-	win = max(win/(2<<20)*(2<<20), 2<<20) // whole VHD blocks
+	// At most 16 windows per disk (a pool may rewrite more than the
+	// window per call), each whole VHD blocks.
+	size0 := img.Size()
+	win := cmp.Or(m.Window, max(256<<20, size0/16))
+	win = max(win/(2<<20)*(2<<20), 2<<20)
 	fresh := d.Committed == 0
 	sums := m.blockSums(e.JobID, i, fresh)
 	size := img.Size()
@@ -456,8 +460,14 @@ func (m *Migrator) toVDI(ctx context.Context, e *job.Env, s *State, i int, img d
 		h := &hashingImage{Image: img, sums: sums, read: &read}
 		end := min(d.Committed+win, size)
 		w := &window{Image: h, from: d.Committed, to: end}
-		if err := x.WriteDisk(ctx, core.DiskID(d.Target), w, discard{}); err != nil {
-			return err
+		empty, err := w.empty(ctx)
+		if err != nil {
+			return fmt.Errorf("read the extents of the source: %w", err)
+		}
+		if !empty {
+			if err := x.WriteDisk(ctx, core.DiskID(d.Target), w, discard{}); err != nil {
+				return err
+			}
 		}
 		e.Progress.Add(end - d.Committed)
 		d.BytesRead += read

@@ -14,11 +14,15 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/ferry-project/ferry/internal/core"
 	"github.com/ferry-project/ferry/internal/disk"
@@ -36,6 +40,7 @@ import (
 const (
 	labUser, labPass  = "root", "s3cret"
 	labKey, labSecret = "AKIDFERRYMIGRATE01", "migratesecret"
+	labBucket         = "ferry-staging"
 )
 
 // siteMap is a Sites over providers opened by the test.
@@ -63,6 +68,11 @@ type labs struct {
 	held     int
 	release  chan struct{}
 	reached  chan struct{}
+	// imports counts import_raw_vdi calls; after holdImports of them,
+	// the next ones wait for release (importsHeld is closed then).
+	imports, holdImports int
+	importsHeld          chan struct{}
+	importsDone          int // import_raw_vdi calls that succeeded
 }
 
 func newLabs(t testing.TB) *labs {
@@ -77,8 +87,33 @@ func newLabs(t testing.TB) *labs {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &labs{xenSrv: xs, xenDir: xenDir, puts: map[string]int{}, release: make(chan struct{}), reached: make(chan struct{})}
-	xh := httptest.NewServer(xs.Handler())
+	l := &labs{xenSrv: xs, xenDir: xenDir, puts: map[string]int{}, release: make(chan struct{}), reached: make(chan struct{}), importsHeld: make(chan struct{})}
+	xhh := xs.Handler()
+	xh := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/import_raw_vdi" {
+			l.mu.Lock()
+			l.imports++
+			wait := l.holdImports > 0 && l.imports > l.holdImports
+			if l.holdImports > 0 && l.imports == l.holdImports+1 {
+				close(l.importsHeld)
+			}
+			l.mu.Unlock()
+			if wait {
+				select {
+				case <-l.release:
+				case <-r.Context().Done():
+					return
+				}
+			}
+		}
+		sw := &statusWriter{ResponseWriter: w, status: 200}
+		xhh.ServeHTTP(sw, r)
+		if r.URL.Path == "/import_raw_vdi" && sw.status < 300 {
+			l.mu.Lock()
+			l.importsDone++
+			l.mu.Unlock()
+		}
+	}))
 	ah := as.Handler()
 	awsHS := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		isPut := r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/snapshots/") && strings.Contains(r.URL.Path, "/blocks/")
@@ -147,7 +182,7 @@ func openSites(ctx context.Context, xenURL, awsURL string) (siteMap, error) {
 	if err != nil {
 		return nil, err
 	}
-	a, err := aws.Open(ctx, aws.Config{Name: "aws1", Region: "us-east-1", Endpoint: awsURL, AccessKey: labKey, SecretKey: aws.Secret(labSecret),
+	a, err := aws.Open(ctx, aws.Config{Name: "aws1", Region: "us-east-1", Endpoint: awsURL, AccessKey: labKey, SecretKey: aws.Secret(labSecret), Bucket: labBucket,
 		PollEvery: 10 * time.Millisecond, PollMax: 100 * time.Millisecond, MaxAttempts: 3, Workers: 4}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return nil, err
@@ -159,6 +194,9 @@ func (l *labs) sites(t testing.TB) siteMap {
 	t.Helper()
 	s, err := openSites(t.Context(), l.xenURL, l.awsURL)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s["aws1"].(*aws.Provider).S3().CreateBucket(t.Context(), &s3.CreateBucketInput{Bucket: awssdk.String(labBucket)}); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -503,7 +541,8 @@ func migrateNode() int {
 		return 1
 	}
 	reg := job.NewRegistry()
-	job.Register(reg, (&Migrator{Sites: s, SaveEvery: 4}).Kind())
+	window, _ := strconv.ParseInt(os.Getenv("FERRY_TEST_WINDOW"), 10, 64)
+	job.Register(reg, (&Migrator{Sites: s, SaveEvery: 4, Window: window}).Kind())
 	jm, err := job.Open(ctx, loc, st, reg, &job.Options{Work: true, SingleNode: true, PollInterval: 20 * time.Millisecond,
 		LeaseTTL: 2 * time.Second, ProgressInterval: 20 * time.Millisecond})
 	if err == nil {
@@ -617,3 +656,153 @@ func TestResumeAfterKill(t *testing.T) {
 
 func jsonMarshal(v any) ([]byte, error)   { return json.Marshal(v) }
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// TestMigrateS3Import moves a VM into EC2 the fallback way: a VMDK staged
+// in S3 and ImportSnapshot; the staged object is gone afterwards.
+func TestMigrateS3Import(t *testing.T) {
+	l := newLabs(t)
+	s := l.sites(t)
+	root := pattern("root", 24<<20, 0.5)
+	addVM(t, s, "legacy-1", root)
+	m := manager(t, t.TempDir(), s, true)
+	plan, j := submit(t, m, s, Request{Source: "dc1", VM: "legacy-1", Target: "aws1", Method: MethodS3Import})
+	if plan.Method != MethodS3Import {
+		t.Fatalf("plan method %q", plan.Method)
+	}
+	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
+	if j.State != store.JobSucceeded {
+		t.Fatalf("job %s: %s", j.State, j.Error)
+	}
+	r := result(t, j)
+	if !r.Verified || l.putBytes != 0 {
+		t.Fatalf("verified %v, EBS direct bytes %d (want none): %+v", r.Verified, l.putBytes, r)
+	}
+	a := s["aws1"].(*aws.Provider)
+	out, err := a.S3().ListObjectsV2(t.Context(), &s3.ListObjectsV2Input{Bucket: awssdk.String(labBucket)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Contents) != 0 {
+		t.Errorf("%d staged objects left in the bucket", len(out.Contents))
+	}
+	back, err := a.OpenDisk(t.Context(), core.DiskID(r.Verification[0].Target), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	sameData(t, root, back)
+}
+
+// TestCancelToXen cancels a migration into XenServer while a window is
+// being written: the VDIs it made are gone, and so is the source snapshot.
+func TestCancelToXen(t *testing.T) {
+	l := newLabs(t)
+	s := l.sites(t)
+	addVM(t, s, "web-2", pattern("root", 40<<20, 0.5))
+	m := manager(t, t.TempDir(), s, true)
+	_, j := submit(t, m, s, Request{Source: "dc1", VM: "web-2", Target: "aws1"})
+	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
+	if j.State != store.JobSucceeded {
+		t.Fatalf("to EC2: %s: %s", j.State, j.Error)
+	}
+	inst := result(t, j).TargetVM
+	x := s["dc1"].(*xen.Provider)
+	vdisBefore := countVDIs(t, x)
+	l.mu.Lock()
+	l.holdImports, l.imports, l.importsDone = 1, 0, 0 // the first window goes in, the second waits
+	l.mu.Unlock()
+	_, j = submit(t, m, s, Request{Source: "aws1", VM: string(inst), Target: "dc1"})
+	select {
+	case <-l.importsHeld:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the transfer never reached its second window")
+	}
+	if _, err := m.Cancel(t.Context(), j.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	j = waitJob(t, m, j.ID, store.JobCanceled, store.JobFailed, store.JobSucceeded)
+	if j.State != store.JobCanceled {
+		t.Fatalf("job %s: %s", j.State, j.Error)
+	}
+	if n := countVDIs(t, x); n != vdisBefore {
+		t.Errorf("%d VDIs in the pool after the cancel, %d before", n, vdisBefore)
+	}
+	snaps, err := s["aws1"].(*aws.Provider).ListSnapshots(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sn := range snaps {
+		if sn.Tags["ferry:job"] == j.ID {
+			t.Errorf("the source snapshot %s of the cancelled job is left", sn.ID)
+		}
+	}
+}
+
+func countVDIs(t *testing.T, x *xen.Provider) int {
+	t.Helper()
+	recs, err := x.Client().VDI().GetAllRecords(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(recs)
+}
+
+// TestResumeAfterKillToXen kills the server while a migration into
+// XenServer writes its second window; the resumed job writes the windows
+// not committed, and not the one that was.
+func TestResumeAfterKillToXen(t *testing.T) {
+	l := newLabs(t)
+	s := l.sites(t)
+	root := pattern("root", 40<<20, 0.6)
+	addVM(t, s, "erp-1", root)
+	m0 := manager(t, t.TempDir(), s, true)
+	_, j := submit(t, m0, s, Request{Source: "dc1", VM: "erp-1", Target: "aws1"})
+	j = waitJob(t, m0, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
+	if j.State != store.JobSucceeded {
+		t.Fatalf("to EC2: %s: %s", j.State, j.Error)
+	}
+	inst := result(t, j).TargetVM
+
+	dir := t.TempDir()
+	env := []string{"FERRY_TEST_DATA=" + dir, "FERRY_TEST_XEN=" + l.xenURL, "FERRY_TEST_AWS=" + l.awsURL, "FERRY_TEST_WINDOW=" + strconv.Itoa(16<<20)}
+	n1 := startNode(t, env...)
+	m := manager(t, dir, s, false)
+	l.mu.Lock()
+	l.holdImports, l.imports, l.importsDone = 1, 0, 0 // count this migration's windows only
+	l.mu.Unlock()
+	_, j = submit(t, m, s, Request{Source: "aws1", VM: string(inst), Target: "dc1", Name: "erp-1-back"})
+	select {
+	case <-l.importsHeld:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the transfer never reached its second window")
+	}
+	n1.kill()
+	l.mu.Lock()
+	first := l.importsDone
+	l.mu.Unlock()
+	l.unhold()
+	startNode(t, env...)
+	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
+	if j.State != store.JobSucceeded {
+		t.Fatalf("job %s: %s", j.State, j.Error)
+	}
+	r := result(t, j)
+	if !r.Verified {
+		t.Fatalf("not verified: %+v", r)
+	}
+	// 40 MiB of data in 16 MiB windows: three windows hold data.
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if first != 1 || l.importsDone != 3 {
+		t.Errorf("windows written: %d before the kill, %d in all; want 1 and 3 (none twice)", first, l.importsDone)
+	}
+	x := s["dc1"].(*xen.Provider)
+	var back core.VM
+	x.ListVMs(t.Context(), provider.Filter{IDs: []core.VMID{r.TargetVM}}, func(v core.VM) error { back = v; return nil })
+	got, err := x.OpenDisk(t.Context(), back.Disks[0].ID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Close()
+	sameData(t, root, got)
+}

@@ -290,6 +290,9 @@ func (pl *Planner) planAWS(ctx context.Context, p *Plan, tgt provider.Provider) 
 	if p.Method != MethodEBSDirect && p.Method != MethodS3Import {
 		return fmt.Errorf("method %q: want %s or %s: %w", r.Method, MethodEBSDirect, MethodS3Import, errs.ErrInvalidArgument)
 	}
+	if p.Method == MethodS3Import && a.StagingBucket() == "" {
+		return fmt.Errorf("method %s: site %s has no staging bucket (set its bucket setting): %w", MethodS3Import, r.Target, errs.ErrFailedPrecondition)
+	}
 	prices := pl.Prices
 	if prices == nil {
 		prices = pricing.Default()

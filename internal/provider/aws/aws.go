@@ -313,6 +313,10 @@ func (p *Provider) EC2() *ec2.Client { return p.ec2 }
 // EBS returns the EBS direct APIs client.
 func (p *Provider) EBS() *ebs.Client { return p.ebs }
 
+// StagingBucket is the bucket the S3 import and export paths stage
+// objects in ("" when none is configured).
+func (p *Provider) StagingBucket() string { return p.cfg.Bucket }
+
 // S3 returns the S3 client.
 func (p *Provider) S3() *s3.Client { return p.s3 }
 
