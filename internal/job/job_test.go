@@ -176,7 +176,21 @@ func TestBrokerAndProgress(t *testing.T) {
 	if err := waitFile(t.Context(), s.Blocked); err != nil {
 		t.Fatal(err)
 	}
-	// Progress is flushed while the step blocks.
+	// Progress is flushed, and published, while the step blocks (a
+	// mid-step checkpoint may store it before the flusher runs: wait for
+	// the event itself).
+	kinds := map[string]bool{}
+	timeout := time.After(30 * time.Second)
+	for !kinds["progress"] {
+		select {
+		case e := <-ch:
+			if e.JobID == j.ID {
+				kinds[e.Kind] = true
+			}
+		case <-timeout:
+			t.Fatalf("no progress event while the step blocks; saw %v", kinds)
+		}
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		g, _ := m.Get(t.Context(), j.ID)
@@ -189,8 +203,6 @@ func TestBrokerAndProgress(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	os.WriteFile(s.Release, nil, 0o644)
-	kinds := map[string]bool{}
-	timeout := time.After(30 * time.Second)
 	for !kinds["finished"] {
 		select {
 		case e := <-ch:
