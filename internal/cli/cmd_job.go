@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/job"
 	"github.com/ferry-project/ferry/internal/migrate"
+	"github.com/ferry-project/ferry/internal/progress"
 	"github.com/ferry-project/ferry/internal/store"
 )
 
@@ -135,6 +136,11 @@ func newJobShowCommand(g *Globals, r *remoteOptions) *cobra.Command {
 // watch follows a job's events until it finishes and returns the job; a
 // job that did not succeed is an exit-1 error.
 func watch(ctx context.Context, g *Globals, r *remoteOptions, c *client.Client, id string) error {
+	// On a terminal, progress is one bar redrawn in place; elsewhere
+	// every event is a line.
+	bar := isTerminal(g.Stdout) && !r.json()
+	drawn := false
+	start := time.Now()
 	err := c.JobEvents(ctx, id, 0, func(ev client.Event) error {
 		if r.json() {
 			fmt.Fprintf(g.Stdout, "%s\n", ev.Data)
@@ -143,16 +149,32 @@ func watch(ctx context.Context, g *Globals, r *remoteOptions, c *client.Client, 
 		var e store.Event
 		json.Unmarshal(ev.Data, &e)
 		ts := e.Time.Local().Format("15:04:05")
-		switch e.Kind {
-		case "progress":
+		switch {
+		case e.Kind == "progress" && bar:
+			var p job.Progress
+			json.Unmarshal(e.Payload, &p)
+			phase := p.Phase
+			if p.Steps > 0 {
+				phase = fmt.Sprintf("step %d/%d %s", min(p.Step+1, p.Steps), p.Steps, p.Phase)
+			}
+			fmt.Fprint(g.Stdout, "\r\x1b[K"+progress.Render(progress.Snapshot{Phase: phase, Done: p.Done, Total: p.Total}, time.Since(start), 30))
+			drawn = true
+		case e.Kind == "progress":
 			var p job.Progress
 			json.Unmarshal(e.Payload, &p)
 			fmt.Fprintf(g.Stdout, "%s  progress  %s\n", ts, progressText(job.Job{Progress: &p}))
 		default:
+			if drawn {
+				fmt.Fprint(g.Stdout, "\r\x1b[K")
+				drawn = false
+			}
 			fmt.Fprintf(g.Stdout, "%s  %-9s %s\n", ts, e.Kind, e.Payload)
 		}
 		return nil
 	})
+	if drawn {
+		fmt.Fprintln(g.Stdout)
+	}
 	if err != nil {
 		return err
 	}
