@@ -192,6 +192,21 @@ func TestSitesAndVMs(t *testing.T) {
 			t.Errorf("error body %s", r.body)
 		}
 	}
+	// Migrations refused in planning, with the reason.
+	for _, tt := range []struct {
+		body map[string]any
+		code int
+		says string
+	}{
+		{map[string]any{"source": "lab", "vm": "vm-0001", "target": "nowhere", "dry_run": true}, 404, "target site nowhere"},
+		{map[string]any{"source": "lab", "vm": "vm-0001", "target": "cloud"}, 501, "not supported"},
+		{map[string]any{"source": "lab", "vm": "vm-0001"}, 400, "no target site"},
+	} {
+		r := e.want(tt.code, "POST", "/api/v1/migrations", auth.Operator, tt.body)
+		if r.env.Type != "error" || !strings.Contains(r.env.Error.Message, tt.says) {
+			t.Errorf("migration %v: %s", tt.body, r.body)
+		}
+	}
 	var test site.TestResult
 	e.want(200, "POST", "/api/v1/sites/lab/test", auth.Operator, nil).into(t, &test)
 	if test.Info.Kind != "fake" || test.Info.Version == "" {
