@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,7 +108,7 @@ func newLabs(t testing.TB) *labs {
 			}
 		}
 		sw := &statusWriter{ResponseWriter: w, status: 200}
-		xhh.ServeHTTP(sw, r)
+		pprof.Do(r.Context(), pprof.Labels("side", "xenlab"), func(context.Context) { xhh.ServeHTTP(sw, r) })
 		if r.URL.Path == "/import_raw_vdi" && sw.status < 300 {
 			l.mu.Lock()
 			l.importsDone++
@@ -130,7 +131,7 @@ func newLabs(t testing.TB) *labs {
 			}
 		}
 		sw := &statusWriter{ResponseWriter: w, status: 200}
-		ah.ServeHTTP(sw, r)
+		pprof.Do(r.Context(), pprof.Labels("side", "awslab"), func(context.Context) { ah.ServeHTTP(sw, r) })
 		if isPut && sw.status < 300 {
 			l.mu.Lock()
 			l.puts[r.URL.Path]++
