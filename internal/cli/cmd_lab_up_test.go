@@ -2,6 +2,8 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,14 +15,23 @@ import (
 )
 
 // freeAddr returns a loopback address with a port free right now.
+// freeAddr returns a free loopback address below the kernel's ephemeral
+// port range: the lab gives its ports up on down and takes them again on
+// up, and an ephemeral port may be handed to any other connection of the
+// machine (parallel test packages) in between.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 200 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return addr
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free port in 20000-31999")
+	return ""
 }
 
 // labRecords returns the process records of a lab directory.
