@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -225,11 +226,24 @@ func (l *lab) running(part string) (labProc, bool) {
 }
 
 // alive reports whether the process runs with the recorded arguments. A
-// zombie has an empty command line and counts as gone.
+// zombie counts as gone; a process that is exiting (its command line
+// already empty, but its files, listening sockets among them, not yet
+// closed) still counts as alive, so that down returns only once the
+// ports are free.
 func (p labProc) alive() bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/cmdline")
-	if err != nil || len(b) == 0 {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/stat")
+	if err != nil {
 		return false
+	}
+	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X') {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	if len(b) == 0 {
+		return true // exiting
 	}
 	args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
 	return slices.Equal(args[1:], p.Args)
@@ -366,11 +380,21 @@ func checkListen(flag, addr string) error {
 	if err != nil || port == "0" || port == "" {
 		return fmt.Errorf("--%s %q: want HOST:PORT with a fixed port: %w", flag, addr, errs.ErrInvalidArgument)
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, port))
-	if err != nil {
-		return fmt.Errorf("port %s is taken by another program, not by this lab: stop it or choose another with --%s: %w", addr, flag, errs.ErrFailedPrecondition)
+	// A port a lab process gave up a moment ago (lab down, then up) can
+	// stay unbindable for a short while as the kernel tears its
+	// connections down: try for a few seconds before blaming another
+	// program.
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, port))
+		if err == nil {
+			return ln.Close()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("port %s is taken by another program, not by this lab: stop it or choose another with --%s: %w", addr, flag, errs.ErrFailedPrecondition)
+		}
+		time.Sleep(100 * time.Millisecond) // retry interval while the port frees up
 	}
-	return ln.Close()
 }
 
 type labUpOptions struct {

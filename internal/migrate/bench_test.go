@@ -34,7 +34,7 @@ func BenchmarkMigrateXenToAWS(b *testing.B) {
 	for range b.N {
 		b.StopTimer()
 		l := newLabs(b)
-		s, err := openSites(b.Context(), l.xenURL, l.awsURL)
+		s, err := openSites(b.Context(), l.xenURL, l.awsURL, 0) // the provider's defaults, as in production
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -177,14 +177,15 @@ type statusWriter struct {
 
 func (w *statusWriter) WriteHeader(s int) { w.status = s; w.ResponseWriter.WriteHeader(s) }
 
-// open connects to both labs as sites "dc1" (xen) and "aws1" (aws).
-func openSites(ctx context.Context, xenURL, awsURL string) (siteMap, error) {
+// openSites connects to both labs as sites "dc1" (xen) and "aws1" (aws),
+// with workers EBS blocks in flight (0: the provider's default).
+func openSites(ctx context.Context, xenURL, awsURL string, workers int) (siteMap, error) {
 	x, err := xen.Open(ctx, xen.Config{URL: xenURL, User: labUser, Password: labPass}, nil)
 	if err != nil {
 		return nil, err
 	}
 	a, err := aws.Open(ctx, aws.Config{Name: "aws1", Region: "us-east-1", Endpoint: awsURL, AccessKey: labKey, SecretKey: aws.Secret(labSecret), Bucket: labBucket,
-		PollEvery: 10 * time.Millisecond, PollMax: 100 * time.Millisecond, MaxAttempts: 3, Workers: 4}, slog.New(slog.DiscardHandler))
+		PollEvery: 10 * time.Millisecond, PollMax: 100 * time.Millisecond, MaxAttempts: 3, Workers: workers}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +194,7 @@ func openSites(ctx context.Context, xenURL, awsURL string) (siteMap, error) {
 
 func (l *labs) sites(t testing.TB) siteMap {
 	t.Helper()
-	s, err := openSites(t.Context(), l.xenURL, l.awsURL)
+	s, err := openSites(t.Context(), l.xenURL, l.awsURL, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -530,7 +531,7 @@ func TestMain(m *testing.M) {
 func migrateNode() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	s, err := openSites(ctx, os.Getenv("FERRY_TEST_XEN"), os.Getenv("FERRY_TEST_AWS"))
+	s, err := openSites(ctx, os.Getenv("FERRY_TEST_XEN"), os.Getenv("FERRY_TEST_AWS"), 4)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
