@@ -543,6 +543,11 @@ func (m *Migrator) register(ctx context.Context, e *job.Env, s *State) error {
 		spec.SizesGiB = append(spec.SizesGiB, s.Plan.Disks[i].TargetSize>>30)
 	}
 	ami, err := a.RegisterImage(ctx, spec)
+	if errs.Is(err, errs.AlreadyExists) {
+		// The name holds the job's ID: this job registered it before a
+		// crash cut it off from the answer. Take it up again.
+		ami, err = m.findImage(ctx, a, spec.Name, e.JobID)
+	}
 	if err != nil {
 		return err
 	}
@@ -551,6 +556,20 @@ func (m *Migrator) register(ctx context.Context, e *job.Env, s *State) error {
 		return err
 	}
 	return a.WaitImage(ctx, ami)
+}
+
+// findImage returns the AMI named name that job registered.
+func (m *Migrator) findImage(ctx context.Context, a *aws.Provider, name, jobID string) (string, error) {
+	imgs, err := a.ListImages(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, im := range imgs {
+		if im.Name == name && im.Tags["ferry:job"] == jobID {
+			return im.ID, nil
+		}
+	}
+	return "", fmt.Errorf("image %q exists but was not registered by job %s: %w", name, jobID, errs.ErrAlreadyExists)
 }
 
 // rootFirst orders the disks with the bootable one first.
@@ -598,8 +617,10 @@ func (m *Migrator) createVM(ctx context.Context, e *job.Env, s *State) error {
 		// it its CPUs and memory, not the instance type's.
 		tags[TagCPUs] = strconv.Itoa(s.Plan.VM.CPUs)
 		tags[TagMemory] = strconv.FormatInt(s.Plan.VM.MemoryBytes, 10)
+		// The job's ID as the client token: a launch run again after a
+		// crash gets the instance the first one started.
 		id, err := a.Launch(ctx, aws.LaunchSpec{AMI: s.Image, InstanceType: it, SubnetID: s.Plan.Subnet,
-			SecurityGroupIDs: s.Plan.SecurityGroups, Name: s.Plan.Name, Tags: tags})
+			SecurityGroupIDs: s.Plan.SecurityGroups, Name: s.Plan.Name, Tags: tags, ClientToken: "ferry-" + e.JobID})
 		if err != nil {
 			return err
 		}

@@ -808,3 +808,49 @@ func TestResumeAfterKillToXen(t *testing.T) {
 	defer got.Close()
 	sameData(t, root, got)
 }
+
+// TestRegisterAfterCrash: register and launch steps run again after a
+// crash that came between the call and the checkpoint take up the AMI and
+// the instance the job made, instead of failing on the duplicate name or
+// launching a second instance.
+func TestRegisterAfterCrash(t *testing.T) {
+	l := newLabs(t)
+	s := l.sites(t)
+	addVM(t, s, "api-1", pattern("root", 8<<20, 0.5))
+	m := manager(t, t.TempDir(), s, true)
+	plan, j := submit(t, m, s, Request{Source: "dc1", VM: "api-1", Target: "aws1"})
+	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
+	if j.State != store.JobSucceeded {
+		t.Fatalf("job %s: %s", j.State, j.Error)
+	}
+	r := result(t, j)
+	st := State{Plan: plan, Disks: []DiskState{{Target: r.Verification[0].Target}}}
+	mig := &Migrator{Sites: s}
+	env := &job.Env{JobID: j.ID, Logger: slog.New(slog.DiscardHandler), Progress: progressNop{}}
+	if err := mig.register(t.Context(), env, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Image != r.Image {
+		t.Fatalf("register again: image %q, want the job's %q", st.Image, r.Image)
+	}
+	// and a launch run again gets the job's instance
+	st.TargetVM = ""
+	if err := mig.createVM(t.Context(), env, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.TargetVM != r.TargetVM {
+		t.Fatalf("launch again: instance %q, want the job's %q", st.TargetVM, r.TargetVM)
+	}
+	// another job's register does not take it
+	st2 := State{Plan: plan, Disks: st.Disks}
+	env.JobID = "j-someone-else"
+	if err := mig.register(t.Context(), env, &st2); err == nil && st2.Image == r.Image {
+		t.Fatal("another job took up this job's image")
+	}
+}
+
+type progressNop struct{}
+
+func (progressNop) SetTotal(int64) {}
+func (progressNop) Add(int64)      {}
+func (progressNop) Phase(string)   {}

@@ -66,6 +66,9 @@ type LaunchSpec struct {
 	SecurityGroupIDs []string
 	KeyName          string
 	Name             string // the Name tag
+	// ClientToken makes the launch idempotent: RunInstances called again
+	// with the same token (after a crash) answers the same instance.
+	ClientToken string
 	// Tags are set on the instance and its volumes, with ferry's own.
 	Tags map[string]string
 }
@@ -96,6 +99,9 @@ func (p *Provider) Launch(ctx context.Context, spec LaunchSpec) (string, error) 
 	}
 	if spec.KeyName != "" {
 		in.KeyName = aws.String(spec.KeyName)
+	}
+	if spec.ClientToken != "" {
+		in.ClientToken = aws.String(spec.ClientToken)
 	}
 	out, err := p.ec2.RunInstances(ctx, in)
 	if err != nil {
