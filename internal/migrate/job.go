@@ -306,8 +306,13 @@ func (m *Migrator) createDisks(ctx context.Context, e *job.Env, s *State) error 
 		if s.Disks[i].Target != "" {
 			continue
 		}
-		id, err := x.CreateDisk(ctx, s.Plan.Storage, fmt.Sprintf("%s %s", s.Plan.Name, cmp.Or(d.Name, fmt.Sprint("disk ", i))), d.TargetSize,
-			map[string]string{"ferry:job": e.JobID})
+		// Tagged with the job and the disk: a VDI made before a crash cut
+		// the job off from the answer is found, not made twice.
+		tags := map[string]string{"ferry:job": e.JobID, "ferry:disk": strconv.Itoa(i)}
+		id, err := x.FindDisk(ctx, tags)
+		if err == nil && id == "" {
+			id, err = x.CreateDisk(ctx, s.Plan.Storage, fmt.Sprintf("%s %s", s.Plan.Name, cmp.Or(d.Name, fmt.Sprint("disk ", i))), d.TargetSize, tags)
+		}
 		if err != nil {
 			return err
 		}

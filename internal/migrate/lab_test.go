@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -841,6 +842,21 @@ func TestRegisterAfterCrash(t *testing.T) {
 	if st.TargetVM != r.TargetVM {
 		t.Fatalf("launch again: instance %q, want the job's %q", st.TargetVM, r.TargetVM)
 	}
+	// a VDI created again for a job finds the one it made
+	x := s["dc1"].(*xen.Provider)
+	xst := State{Plan: Plan{Request: Request{Source: "aws1", Target: "dc1"}, TargetKind: provider.KindXen, Name: "again",
+		Disks: []PlanDisk{{Disk: core.Disk{Name: "d"}, TargetSize: 1 << 20}}}, Disks: make([]DiskState, 1)}
+	if err := mig.createDisks(t.Context(), env, &xst); err != nil {
+		t.Fatal(err)
+	}
+	first := xst.Disks[0].Target
+	xst.Disks[0].Target = ""
+	if err := mig.createDisks(t.Context(), env, &xst); err != nil || xst.Disks[0].Target != first {
+		t.Fatalf("create disks again: %q, %v; want the job's %q", xst.Disks[0].Target, err, first)
+	}
+	if n := countVDIsTagged(t, x, env.JobID); n != 1 {
+		t.Fatalf("%d VDIs of the job, want 1", n)
+	}
 	// another job's register does not take it
 	st2 := State{Plan: plan, Disks: st.Disks}
 	env.JobID = "j-someone-else"
@@ -854,3 +870,18 @@ type progressNop struct{}
 func (progressNop) SetTotal(int64) {}
 func (progressNop) Add(int64)      {}
 func (progressNop) Phase(string)   {}
+
+func countVDIsTagged(t *testing.T, x *xen.Provider, jobID string) int {
+	t.Helper()
+	recs, err := x.Client().VDI().GetAllRecords(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range recs {
+		if slices.Contains(r.Tags, "ferry:job="+jobID) {
+			n++
+		}
+	}
+	return n
+}

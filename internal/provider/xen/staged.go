@@ -43,6 +43,30 @@ func (p *Provider) CreateDisk(ctx context.Context, storage, name string, size in
 	return core.DiskID(uuid), nil
 }
 
+// FindDisk returns the UUID of a VDI (not a snapshot) carrying every tag
+// of tags ("" when none does): a caller that tags what it creates finds
+// what it made before a crash cut it off from the answer.
+func (p *Provider) FindDisk(ctx context.Context, tags map[string]string) (core.DiskID, error) {
+	recs, err := p.c.VDI().GetAllRecords(ctx)
+	if err != nil {
+		return "", fmt.Errorf("xen: find disk tagged %v: %w", tags, err)
+	}
+next:
+	for _, r := range recs {
+		if r.IsASnapshot {
+			continue
+		}
+		have := parseTags(r.Tags)
+		for k, v := range tags {
+			if have[k] != v {
+				continue next
+			}
+		}
+		return core.DiskID(r.UUID), nil
+	}
+	return "", nil
+}
+
 // WriteDisk writes img's data extents into the VDI d (by UUID) with
 // import_raw_vdi as a dynamic VHD: ranges img reports as unallocated or
 // zero are not sent and keep the VDI's content, so a disk can be written
