@@ -224,27 +224,26 @@ func (m *Migrator) providers(ctx context.Context, s *State) (src, tgt provider.P
 }
 
 func (m *Migrator) awsTarget(ctx context.Context, s *State) (*aws.Provider, error) {
-	_, tgt, err := m.providers(ctx, s)
-	if err != nil {
-		return nil, err
-	}
-	a, ok := tgt.(*aws.Provider)
-	if !ok {
-		return nil, fmt.Errorf("target site %s is no longer an EC2 region: %w", s.Plan.Request.Target, errs.ErrFailedPrecondition)
-	}
-	return a, nil
+	return targetAs[*aws.Provider](ctx, m, s, "an EC2 region")
 }
 
 func (m *Migrator) xenTarget(ctx context.Context, s *State) (*xen.Provider, error) {
+	return targetAs[*xen.Provider](ctx, m, s, "a XenServer pool")
+}
+
+// targetAs returns the target site's provider as P, the driver the plan
+// was made for.
+func targetAs[P provider.Provider](ctx context.Context, m *Migrator, s *State, what string) (P, error) {
+	var zero P
 	_, tgt, err := m.providers(ctx, s)
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
-	x, ok := tgt.(*xen.Provider)
+	p, ok := tgt.(P)
 	if !ok {
-		return nil, fmt.Errorf("target site %s is no longer a XenServer pool: %w", s.Plan.Request.Target, errs.ErrFailedPrecondition)
+		return zero, fmt.Errorf("target site %s is no longer %s: %w", s.Plan.Request.Target, what, errs.ErrFailedPrecondition)
 	}
-	return x, nil
+	return p, nil
 }
 
 // check makes sure the source VM is still there, as planned.

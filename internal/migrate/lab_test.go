@@ -266,6 +266,18 @@ func submit(t testing.TB, m *job.Manager, sites Sites, r Request) (Plan, job.Job
 	return plan, j
 }
 
+// migrateOK runs a migration to its end and fails the test unless it
+// succeeds.
+func migrateOK(t testing.TB, m *job.Manager, sites Sites, r Request) (Plan, job.Job) {
+	t.Helper()
+	plan, j := submit(t, m, sites, r)
+	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
+	if j.State != store.JobSucceeded {
+		t.Fatalf("migrate %s/%s to %s: %s: %s", r.Source, r.VM, r.Target, j.State, j.Error)
+	}
+	return plan, j
+}
+
 func waitJob(t testing.TB, m *job.Manager, id string, states ...string) job.Job {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Minute)
@@ -327,6 +339,17 @@ func sameData(t testing.TB, a, b disk.Image) {
 	}
 	check(a, b)
 	check(b, a)
+}
+
+// sameAsDisk fails unless the site's disk id reads as want.
+func sameAsDisk(t testing.TB, p provider.DiskExporter, id core.DiskID, want disk.Image) {
+	t.Helper()
+	got, err := p.OpenDisk(t.Context(), id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Close()
+	sameData(t, want, got)
 }
 
 // nonZeroBlocks counts the EBS blocks of img that hold a non-zero byte.
@@ -420,12 +443,7 @@ func TestMigrateBothWays(t *testing.T) {
 		t.Fatalf("VM after the round trip: %+v", back)
 	}
 	for i, want := range []disk.Image{root, data} {
-		got, err := x.OpenDisk(t.Context(), back.Disks[i].ID, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		sameData(t, want, got)
-		got.Close()
+		sameAsDisk(t, x, back.Disks[i].ID, want)
 	}
 	_ = vm
 }
@@ -688,12 +706,7 @@ func TestMigrateS3Import(t *testing.T) {
 	if len(out.Contents) != 0 {
 		t.Errorf("%d staged objects left in the bucket", len(out.Contents))
 	}
-	back, err := a.OpenDisk(t.Context(), core.DiskID(r.Verification[0].Target), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer back.Close()
-	sameData(t, root, back)
+	sameAsDisk(t, a, core.DiskID(r.Verification[0].Target), root)
 }
 
 // TestCancelToXen cancels a migration into XenServer while a window is
@@ -703,11 +716,7 @@ func TestCancelToXen(t *testing.T) {
 	s := l.sites(t)
 	addVM(t, s, "web-2", pattern("root", 40<<20, 0.5))
 	m := manager(t, t.TempDir(), s, true)
-	_, j := submit(t, m, s, Request{Source: "dc1", VM: "web-2", Target: "aws1"})
-	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
-	if j.State != store.JobSucceeded {
-		t.Fatalf("to EC2: %s: %s", j.State, j.Error)
-	}
+	_, j := migrateOK(t, m, s, Request{Source: "dc1", VM: "web-2", Target: "aws1"})
 	inst := result(t, j).TargetVM
 	x := s["dc1"].(*xen.Provider)
 	vdisBefore := countVDIs(t, x)
@@ -759,11 +768,7 @@ func TestResumeAfterKillToXen(t *testing.T) {
 	root := pattern("root", 40<<20, 0.6)
 	addVM(t, s, "erp-1", root)
 	m0 := manager(t, t.TempDir(), s, true)
-	_, j := submit(t, m0, s, Request{Source: "dc1", VM: "erp-1", Target: "aws1"})
-	j = waitJob(t, m0, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
-	if j.State != store.JobSucceeded {
-		t.Fatalf("to EC2: %s: %s", j.State, j.Error)
-	}
+	_, j := migrateOK(t, m0, s, Request{Source: "dc1", VM: "erp-1", Target: "aws1"})
 	inst := result(t, j).TargetVM
 
 	dir := t.TempDir()
@@ -802,12 +807,7 @@ func TestResumeAfterKillToXen(t *testing.T) {
 	x := s["dc1"].(*xen.Provider)
 	var back core.VM
 	x.ListVMs(t.Context(), provider.Filter{IDs: []core.VMID{r.TargetVM}}, func(v core.VM) error { back = v; return nil })
-	got, err := x.OpenDisk(t.Context(), back.Disks[0].ID, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer got.Close()
-	sameData(t, root, got)
+	sameAsDisk(t, x, back.Disks[0].ID, root)
 }
 
 // TestRegisterAfterCrash: register and launch steps run again after a
@@ -819,11 +819,7 @@ func TestRegisterAfterCrash(t *testing.T) {
 	s := l.sites(t)
 	addVM(t, s, "api-1", pattern("root", 8<<20, 0.5))
 	m := manager(t, t.TempDir(), s, true)
-	plan, j := submit(t, m, s, Request{Source: "dc1", VM: "api-1", Target: "aws1"})
-	j = waitJob(t, m, j.ID, store.JobSucceeded, store.JobFailed, store.JobCanceled)
-	if j.State != store.JobSucceeded {
-		t.Fatalf("job %s: %s", j.State, j.Error)
-	}
+	plan, j := migrateOK(t, m, s, Request{Source: "dc1", VM: "api-1", Target: "aws1"})
 	r := result(t, j)
 	st := State{Plan: plan, Disks: []DiskState{{Target: r.Verification[0].Target}}}
 	mig := &Migrator{Sites: s}

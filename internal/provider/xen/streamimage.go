@@ -248,22 +248,7 @@ func (im *streamImage) advanceLocked(off, keepFrom int64) error {
 // inRun reports whether off is inside one of the stream's runs, and where
 // that run (or the gap) ends. off must be below known.
 func (im *streamImage) inRunLocked(off int64) (bool, int64) {
-	i, found := slices.BinarySearchFunc(im.seen, off, func(e disk.Extent, o int64) int {
-		switch {
-		case e.End() <= o:
-			return -1
-		case e.Off > o:
-			return 1
-		}
-		return 0
-	})
-	if found {
-		return true, im.seen[i].End()
-	}
-	if i < len(im.seen) {
-		return false, im.seen[i].Off
-	}
-	return false, im.known
+	return lookup(im.seen, off, im.known)
 }
 
 // unsentLocked reports whether off lies where the stream, read past it,
@@ -272,7 +257,15 @@ func (im *streamImage) unsentLocked(off int64) (int64, bool) {
 	if !im.coarse || off >= im.sentUpTo {
 		return 0, false
 	}
-	i, found := slices.BinarySearchFunc(im.sent, off, func(e disk.Extent, o int64) int {
+	in, until := lookup(im.sent, off, im.sentUpTo)
+	return until, !in
+}
+
+// lookup reports whether off is inside one of the ascending, disjoint
+// extents of list, and where that extent, or the gap before the next one
+// (or limit), ends.
+func lookup(list []disk.Extent, off, limit int64) (bool, int64) {
+	i, found := slices.BinarySearchFunc(list, off, func(e disk.Extent, o int64) int {
 		switch {
 		case e.End() <= o:
 			return -1
@@ -282,12 +275,12 @@ func (im *streamImage) unsentLocked(off int64) (int64, bool) {
 		return 0
 	})
 	if found {
-		return 0, false
+		return true, list[i].End()
 	}
-	if i < len(im.sent) {
-		return im.sent[i].Off, true
+	if i < len(list) {
+		return false, list[i].Off
 	}
-	return im.sentUpTo, true
+	return false, limit
 }
 
 // keptAt returns the kept run holding off, if any.
