@@ -29,19 +29,116 @@ const blocksPerGiB = gib / blockSize
 type hash [32]byte
 
 // blockStore keeps snapshot blocks on disk, content-addressed: each
-// distinct 512 KiB block once, in blocks/<first byte in hex>/<sha256>.
-// Blocks are written to a temporary name and renamed, so a block file is
-// always whole; they are not synced one by one (a block torn by a power
-// loss fails its hash check when read, as data loss). Writers hold the read side of gc while they store
-// a block and record it in an index; a sweep holds the write side.
+// distinct 512 KiB block once, appended to pack files (blocks/pack-N,
+// up to packSize each) with its location recorded in an append-only
+// index (blocks/packs.idx: SHA-256, pack, offset). A block is written
+// before its index record, so a record always points at a whole block
+// (blocks are not synced one by one: a block torn by a power loss fails
+// its hash check when read, as data loss). Stores made by earlier labs,
+// a file per block in blocks/<xx>/<sha256>, are still read and swept.
+// Writers hold the read side of gc while they store a block and record it
+// in an index; a sweep holds the write side.
 type blockStore struct {
 	dir string
 	gc  sync.RWMutex
+
+	mu      sync.Mutex
+	opened  bool
+	locs    map[hash]packLoc
+	pending map[hash]chan struct{} // blocks being written: a second put waits
+	packs   map[int32]*os.File
+	cur     int32 // the pack written now
+	curSize int64
+	idx     *os.File
 }
 
+// packLoc is where a block lives.
+type packLoc struct {
+	pack int32
+	off  int64
+}
+
+// packSize bounds a pack file.
+const packSize = 1 << 30
+
+// packRecord is an index record: hash, pack, offset.
+const packRecord = 32 + 4 + 8
+
+func (b *blockStore) packPath(n int32) string { return filepath.Join(b.dir, fmt.Sprintf("pack-%06d", n)) }
+
+// path is a block's file in the one-file-per-block layout of earlier labs.
 func (b *blockStore) path(h hash) string {
 	x := hex.EncodeToString(h[:])
 	return filepath.Join(b.dir, x[:2], x)
+}
+
+// openLocked loads the index and opens the packs, once.
+func (b *blockStore) openLocked() error {
+	if b.opened {
+		return nil
+	}
+	if err := os.MkdirAll(b.dir, 0o755); err != nil {
+		return fmt.Errorf("block store: %w", err)
+	}
+	b.locs, b.packs, b.pending = map[hash]packLoc{}, map[int32]*os.File{}, map[hash]chan struct{}{}
+	names, _ := filepath.Glob(filepath.Join(b.dir, "pack-*"))
+	sizes := map[int32]int64{}
+	for _, name := range names {
+		var n int32
+		if _, err := fmt.Sscanf(filepath.Base(name), "pack-%06d", &n); err != nil {
+			continue
+		}
+		f, err := os.OpenFile(name, os.O_RDWR, 0o644)
+		if err != nil {
+			return fmt.Errorf("block store: %w", err)
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("block store: %w", err)
+		}
+		b.packs[n], sizes[n] = f, st.Size()
+		if n >= b.cur {
+			b.cur, b.curSize = n, st.Size()
+		}
+	}
+	raw, err := os.ReadFile(filepath.Join(b.dir, "packs.idx"))
+	if err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("block store index: %w", err)
+	}
+	for k := 0; k+packRecord <= len(raw); k += packRecord {
+		var h hash
+		copy(h[:], raw[k:])
+		l := packLoc{pack: int32(binary.LittleEndian.Uint32(raw[k+32:])), off: int64(binary.LittleEndian.Uint64(raw[k+36:]))}
+		if l.off+blockSize <= sizes[l.pack] { // a record past its pack's end was torn off
+			b.locs[h] = l
+		}
+	}
+	idx, err := os.OpenFile(filepath.Join(b.dir, "packs.idx"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("block store index: %w", err)
+	}
+	if n := len(raw) % packRecord; n != 0 { // a torn last record
+		if err := idx.Truncate(int64(len(raw) - n)); err != nil {
+			idx.Close()
+			return fmt.Errorf("block store index: %w", err)
+		}
+	}
+	b.idx, b.opened = idx, true
+	return nil
+}
+
+// close closes the packs and the index.
+func (b *blockStore) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, f := range b.packs {
+		f.Close()
+	}
+	if b.idx != nil {
+		b.idx.Close()
+	}
+	b.opened, b.packs, b.idx = false, nil, nil
 }
 
 // put stores a 512 KiB block and returns its hash. The caller holds gc
@@ -59,28 +156,92 @@ func (b *blockStore) putSum(p []byte, sum [32]byte) (hash, error) {
 		return hash{}, fmt.Errorf("store block: %d bytes, a block is %d: %w", len(p), blockSize, errs.ErrInvalidArgument)
 	}
 	h := hash(sum)
-	path := b.path(h)
-	if _, err := os.Stat(path); err == nil {
+	b.mu.Lock()
+	for {
+		if err := b.openLocked(); err != nil {
+			b.mu.Unlock()
+			return h, err
+		}
+		if _, ok := b.locs[h]; ok {
+			b.mu.Unlock()
+			return h, nil
+		}
+		ch, busy := b.pending[h]
+		if !busy {
+			break
+		}
+		// The same block is being written: wait for it, then look again.
+		b.mu.Unlock()
+		<-ch
+		b.mu.Lock()
+	}
+	if _, err := os.Stat(b.path(h)); err == nil {
+		b.mu.Unlock()
 		return h, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	done := make(chan struct{})
+	b.pending[h] = done
+	defer func() {
+		b.mu.Lock()
+		delete(b.pending, h)
+		b.mu.Unlock()
+		close(done)
+	}()
+	f := b.packs[b.cur]
+	if f == nil || b.curSize+blockSize > packSize {
+		if f != nil {
+			b.cur++
+		}
+		nf, err := os.OpenFile(b.packPath(b.cur), os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			b.mu.Unlock()
+			return h, fmt.Errorf("store block: %w", err)
+		}
+		b.packs[b.cur], b.curSize, f = nf, 0, nf
+	}
+	l := packLoc{pack: b.cur, off: b.curSize}
+	b.curSize += blockSize
+	b.mu.Unlock()
+
+	if _, err := f.WriteAt(p, l.off); err != nil {
 		return h, fmt.Errorf("store block: %w", err)
 	}
-	if err := writeFile(path, p, 0o644, false); err != nil {
-		return h, fmt.Errorf("store block: %w", err)
+	var rec [packRecord]byte
+	copy(rec[:], h[:])
+	binary.LittleEndian.PutUint32(rec[32:], uint32(l.pack))
+	binary.LittleEndian.PutUint64(rec[36:], uint64(l.off))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, err := b.idx.Write(rec[:]); err != nil {
+		return h, fmt.Errorf("store block: record it: %w", err)
 	}
+	b.locs[h] = l
 	return h, nil
 }
 
 // read reads a block into p (512 KiB) and checks its hash.
 func (b *blockStore) read(h hash, p []byte) error {
-	f, err := os.Open(b.path(h))
-	if err != nil {
-		return fmt.Errorf("read block %x: %w", h[:8], err)
+	b.mu.Lock()
+	if err := b.openLocked(); err != nil {
+		b.mu.Unlock()
+		return err
 	}
-	defer f.Close()
-	if _, err := io.ReadFull(f, p[:blockSize]); err != nil {
-		return fmt.Errorf("read block %x: %w", h[:8], err)
+	l, ok := b.locs[h]
+	f := b.packs[l.pack]
+	b.mu.Unlock()
+	if ok && f != nil {
+		if _, err := f.ReadAt(p[:blockSize], l.off); err != nil {
+			return fmt.Errorf("read block %x: %w", h[:8], err)
+		}
+	} else {
+		old, err := os.Open(b.path(h))
+		if err != nil {
+			return fmt.Errorf("read block %x: %w", h[:8], err)
+		}
+		defer old.Close()
+		if _, err := io.ReadFull(old, p[:blockSize]); err != nil {
+			return fmt.Errorf("read block %x: %w", h[:8], err)
+		}
 	}
 	if sha256.Sum256(p[:blockSize]) != h {
 		return fmt.Errorf("block %x: content does not match its hash: %w", h[:8], errs.ErrDataLoss)
@@ -89,8 +250,89 @@ func (b *blockStore) read(h hash, p []byte) error {
 }
 
 // sweep removes the blocks no index refers to. live lists the hashes
-// every index holds; the caller holds gc for writing.
+// every index holds; the caller holds gc for writing. Packs left with no
+// live block are deleted; a pack less than half live has its live blocks
+// copied to the current pack first. It returns the blocks removed.
 func (b *blockStore) sweep(live map[hash]bool) (int, error) {
+	n, err := b.sweepFiles(live)
+	if err != nil {
+		return n, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.openLocked(); err != nil {
+		return n, err
+	}
+	livePerPack := map[int32]int64{}
+	for h, l := range b.locs {
+		if live[h] {
+			livePerPack[l.pack]++
+		} else {
+			delete(b.locs, h)
+			n++
+		}
+	}
+	buf := make([]byte, blockSize)
+	for pk, f := range b.packs {
+		st, err := f.Stat()
+		if err != nil || pk == b.cur {
+			continue
+		}
+		if livePerPack[pk]*blockSize*2 >= st.Size() {
+			continue
+		}
+		// Move the live blocks out (gc is held: nothing else writes).
+		for h, l := range b.locs {
+			if l.pack != pk {
+				continue
+			}
+			if _, err := f.ReadAt(buf, l.off); err != nil {
+				return n, fmt.Errorf("sweep blocks: %w", err)
+			}
+			cf := b.packs[b.cur]
+			if cf == nil || b.curSize+blockSize > packSize {
+				if cf != nil {
+					b.cur++
+				}
+				if cf, err = os.OpenFile(b.packPath(b.cur), os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+					return n, fmt.Errorf("sweep blocks: %w", err)
+				}
+				b.packs[b.cur], b.curSize = cf, 0
+			}
+			if _, err := cf.WriteAt(buf, b.curSize); err != nil {
+				return n, fmt.Errorf("sweep blocks: %w", err)
+			}
+			b.locs[h] = packLoc{pack: b.cur, off: b.curSize}
+			b.curSize += blockSize
+		}
+		f.Close()
+		delete(b.packs, pk)
+		os.Remove(b.packPath(pk))
+	}
+	// Rewrite the index with the blocks that are left.
+	var raw bytes.Buffer
+	for h, l := range b.locs {
+		var rec [packRecord]byte
+		copy(rec[:], h[:])
+		binary.LittleEndian.PutUint32(rec[32:], uint32(l.pack))
+		binary.LittleEndian.PutUint64(rec[36:], uint64(l.off))
+		raw.Write(rec[:])
+	}
+	if err := writeFileAtomic(filepath.Join(b.dir, "packs.idx"), raw.Bytes(), 0o644); err != nil {
+		return n, fmt.Errorf("sweep blocks: %w", err)
+	}
+	b.idx.Close()
+	idx, err := os.OpenFile(filepath.Join(b.dir, "packs.idx"), os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		b.opened = false
+		return n, fmt.Errorf("sweep blocks: %w", err)
+	}
+	b.idx = idx
+	return n, nil
+}
+
+// sweepFiles removes the unreferenced blocks of the file-per-block layout.
+func (b *blockStore) sweepFiles(live map[hash]bool) (int, error) {
 	dirs, err := os.ReadDir(b.dir)
 	if err != nil {
 		return 0, err

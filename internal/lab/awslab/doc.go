@@ -88,11 +88,13 @@
 //
 // # Disks: blocks, volumes, imports, exports
 //
-// Snapshot blocks (512 KiB) live in a content-addressed store,
-// blocks/<xx>/<sha256>, each distinct block once, written to a temporary
-// name and renamed; a snapshot is an index file snapshots/<id>.idx of
-// (block index, hash) pairs. Blocks no index refers to are swept after a
-// snapshot is deleted. Volumes are sparse raw files volumes/<id>.raw,
+// Snapshot blocks (512 KiB) live in a content-addressed store, each
+// distinct block once, appended to pack files blocks/pack-N whose index
+// blocks/packs.idx records (hash, pack, offset), the block written before
+// its record (labs made before read their blocks/<xx>/<sha256> files
+// still); a snapshot is an index file snapshots/<id>.idx of (block index,
+// hash) pairs. Blocks no index refers to are swept after a snapshot is
+// deleted: a pack left less than half live is compacted. Volumes are sparse raw files volumes/<id>.raw,
 // filled from their snapshot's blocks; CreateSnapshot stores a volume's
 // non-zero blocks. Lineage follows AWS: snapshots of one volume, of
 // volumes made from a snapshot, and EBS direct children of a parent share

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -251,9 +252,16 @@ func TestEBSPagination(t *testing.T) {
 		t.Fatalf("bad token: %v", err)
 	}
 	// identical blocks are stored once
-	n := 0
-	filepathWalk(t, l.s.blocks.dir, func() { n++ })
-	if n != 1 {
-		t.Fatalf("%d block files for 120 identical blocks", n)
+	l.s.blocks.mu.Lock()
+	n := len(l.s.blocks.locs)
+	l.s.blocks.mu.Unlock()
+	var packed int64
+	filepathWalkInfo(t, l.s.blocks.dir, func(name string, size int64) {
+		if strings.HasPrefix(name, "pack-") {
+			packed += size
+		}
+	})
+	if n != 1 || packed != blockSize {
+		t.Fatalf("%d blocks stored, %d bytes in packs, for 120 identical blocks", n, packed)
 	}
 }

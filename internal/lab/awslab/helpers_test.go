@@ -294,14 +294,18 @@ func compareImages(t *testing.T, a, b disk.Image) {
 }
 
 // filepathWalk calls fn for every regular file under dir.
-func filepathWalk(t *testing.T, dir string, fn func()) {
+func filepathWalkInfo(t *testing.T, dir string, fn func(name string, size int64)) {
 	t.Helper()
 	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if d.Type().IsRegular() {
-			fn()
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			fn(d.Name(), info.Size())
 		}
 		return nil
 	})

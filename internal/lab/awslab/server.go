@@ -250,6 +250,7 @@ func (s *Server) Close() error {
 		j.close()
 		delete(s.journals, id)
 	}
+	s.blocks.close()
 	s.dirty = true
 	errList = append(errList, s.saveLocked())
 	return errors.Join(errList...)
