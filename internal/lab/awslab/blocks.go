@@ -64,7 +64,9 @@ const packSize = 1 << 30
 // packRecord is an index record: hash, pack, offset.
 const packRecord = 32 + 4 + 8
 
-func (b *blockStore) packPath(n int32) string { return filepath.Join(b.dir, fmt.Sprintf("pack-%06d", n)) }
+func (b *blockStore) packPath(n int32) string {
+	return filepath.Join(b.dir, fmt.Sprintf("pack-%06d", n))
+}
 
 // path is a block's file in the one-file-per-block layout of earlier labs.
 func (b *blockStore) path(h hash) string {
