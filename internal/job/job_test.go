@@ -95,6 +95,11 @@ func TestSteps(t *testing.T) {
 			}
 		})
 	}
+	// OnFinish runs after the job's row says it ended: wait for the last.
+	deadline := time.Now().Add(20 * time.Second)
+	for finished.Load() != int64(len(tests)) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // polling interval, not a timing assumption
+	}
 	if bytes.Load() == 0 || finished.Load() != int64(len(tests)) {
 		t.Errorf("observers: %d bytes, %d finished", bytes.Load(), finished.Load())
 	}

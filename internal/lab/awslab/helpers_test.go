@@ -100,7 +100,9 @@ func (l *testLab) close() {
 // clients builds SDK clients for an endpoint; rt, if set, sees every
 // request after it is signed.
 func clients(endpoint, ak, sk string, rt http.RoundTripper) (*ec2.Client, *ebs.Client, *s3.Client) {
-	hc := &http.Client{Transport: http.DefaultTransport}
+	// A transport of its own: httptest.Server.Close closes the idle
+	// connections of http.DefaultTransport, racing with this lab's.
+	hc := &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	if rt != nil {
 		hc.Transport = rt
 	}
