@@ -323,11 +323,6 @@ func (m *Migrator) createDisks(ctx context.Context, e *job.Env, s *State) error 
 	return nil
 }
 
-// totalOnly passes progress on but keeps the total its caller set.
-type totalOnly struct{ progress.Reporter }
-
-func (totalOnly) SetTotal(int64) {}
-
 // transfer streams every disk from the source snapshot into the target.
 func (m *Migrator) transfer(ctx context.Context, e *job.Env, s *State) error {
 	src, _, err := m.providers(ctx, s)
@@ -406,7 +401,7 @@ func (m *Migrator) toEBS(ctx context.Context, e *job.Env, s *State, i int, img d
 			}
 			return e.Checkpoint(ctx)
 		},
-		Progress: totalOnly{e.Progress},
+		Progress: progress.KeepTotal(e.Progress),
 	})
 	mu.Lock()
 	defer mu.Unlock()
@@ -431,7 +426,7 @@ func (m *Migrator) toS3Import(ctx context.Context, e *job.Env, s *State, i int, 
 	var read int64
 	h := &hashingImage{Image: img, sums: sums, read: &read}
 	snap, err := a.ImportSnapshotS3(ctx, h, &aws.ClassicOptions{StageOptions: aws.StageOptions{
-		Key: fmt.Sprintf("ferry/%s/disk%d.vmdk", e.JobID, i), Progress: totalOnly{e.Progress},
+		Key: fmt.Sprintf("ferry/%s/disk%d.vmdk", e.JobID, i), Progress: progress.KeepTotal(e.Progress),
 	}})
 	d.BytesRead += read
 	if err != nil {
@@ -469,7 +464,7 @@ func (m *Migrator) toVDI(ctx context.Context, e *job.Env, s *State, i int, img d
 			return fmt.Errorf("read the extents of the source: %w", err)
 		}
 		if !empty {
-			if err := x.WriteDisk(ctx, core.DiskID(d.Target), w, discard{}); err != nil {
+			if err := x.WriteDisk(ctx, core.DiskID(d.Target), w, progress.Nop()); err != nil {
 				return err
 			}
 		}
@@ -484,13 +479,6 @@ func (m *Migrator) toVDI(ctx context.Context, e *job.Env, s *State, i int, img d
 	sums.complete = fresh
 	return nil
 }
-
-// discard is a progress.Reporter that drops everything.
-type discard struct{}
-
-func (discard) SetTotal(int64) {}
-func (discard) Add(int64)      {}
-func (discard) Phase(string)   {}
 
 // verify reads every target disk back and compares block checksums.
 func (m *Migrator) verify(ctx context.Context, e *job.Env, s *State) error {

@@ -33,6 +33,7 @@ import (
 	"github.com/ferry-project/ferry/internal/job"
 	"github.com/ferry-project/ferry/internal/lab/awslab"
 	"github.com/ferry-project/ferry/internal/lab/xenlab"
+	"github.com/ferry-project/ferry/internal/progress"
 	"github.com/ferry-project/ferry/internal/provider"
 	"github.com/ferry-project/ferry/internal/provider/aws"
 	"github.com/ferry-project/ferry/internal/provider/xen"
@@ -823,7 +824,7 @@ func TestRegisterAfterCrash(t *testing.T) {
 	r := result(t, j)
 	st := State{Plan: plan, Disks: []DiskState{{Target: r.Verification[0].Target}}}
 	mig := &Migrator{Sites: s}
-	env := &job.Env{JobID: j.ID, Logger: slog.New(slog.DiscardHandler), Progress: progressNop{}}
+	env := &job.Env{JobID: j.ID, Logger: slog.New(slog.DiscardHandler), Progress: progress.Nop()}
 	if err := mig.register(t.Context(), env, &st); err != nil {
 		t.Fatal(err)
 	}
@@ -860,12 +861,6 @@ func TestRegisterAfterCrash(t *testing.T) {
 		t.Fatal("another job took up this job's image")
 	}
 }
-
-type progressNop struct{}
-
-func (progressNop) SetTotal(int64) {}
-func (progressNop) Add(int64)      {}
-func (progressNop) Phase(string)   {}
 
 func countVDIsTagged(t *testing.T, x *xen.Provider, jobID string) int {
 	t.Helper()

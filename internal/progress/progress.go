@@ -31,6 +31,15 @@ func (nop) SetTotal(int64) {}
 func (nop) Add(int64)      {}
 func (nop) Phase(string)   {}
 
+// KeepTotal returns a Reporter that forwards Add and Phase to r but not
+// SetTotal: for a piece of work whose caller set the total over several
+// pieces, each of which would otherwise set its own.
+func KeepTotal(r Reporter) Reporter { return keepTotal{Or(r)} }
+
+type keepTotal struct{ Reporter }
+
+func (keepTotal) SetTotal(int64) {}
+
 // Or returns r, or Nop when r is nil.
 func Or(r Reporter) Reporter {
 	if r == nil {

@@ -64,3 +64,16 @@ func TestTeeAndNop(t *testing.T) {
 	}
 	Or(nil).Add(1) // must not panic
 }
+
+func TestKeepTotal(t *testing.T) {
+	var c Counter
+	c.SetTotal(100)
+	k := KeepTotal(&c)
+	k.SetTotal(5)
+	k.Add(7)
+	k.Phase("copy disk 2")
+	if s := c.Snapshot(); s.Total != 100 || s.Done != 7 || s.Phase != "copy disk 2" {
+		t.Fatalf("through KeepTotal: %+v, want total 100, done 7, the phase", s)
+	}
+	KeepTotal(nil).Add(1) // a nil reporter is Nop
+}

@@ -706,7 +706,7 @@ func vhdBody(ctx context.Context, img disk.Image, rep progress.Reporter) body {
 				return err
 			}
 			defer w.Close()
-			if _, err := disk.Convert(ctx, w, img, &disk.ConvertOptions{Progress: &addOnly{rep}}); err != nil {
+			if _, err := disk.Convert(ctx, w, img, &disk.ConvertOptions{Progress: progress.KeepTotal(rep)}); err != nil {
 				return err
 			}
 			return w.Commit(ctx)
@@ -728,13 +728,6 @@ func vhdBody(ctx context.Context, img disk.Image, rep progress.Reporter) body {
 }
 
 var errBodyClosed = errors.New("request body closed")
-
-// addOnly forwards Add and Phase but not SetTotal (the caller set it).
-type addOnly struct{ r progress.Reporter }
-
-func (a *addOnly) SetTotal(int64)    {}
-func (a *addOnly) Add(n int64)       { a.r.Add(n) }
-func (a *addOnly) Phase(name string) { a.r.Phase(name) }
 
 // imageReader reads an Image front to back, producing zeros for ranges its
 // extents say read as zeros without reading them.

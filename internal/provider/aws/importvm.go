@@ -209,7 +209,7 @@ func (p *Provider) ImportVM(ctx context.Context, spec core.VMSpec, disks []disk.
 		total += img.Size()
 	}
 	rep.SetTotal(total)
-	diskRep := fixedTotal{rep} // each upload's SetTotal would override the sum
+	diskRep := progress.KeepTotal(rep) // each upload's SetTotal would override the sum
 	u := undo{log: p.log}
 	fail := func(err error) (core.VMID, error) {
 		u.run(ctx)
@@ -273,11 +273,6 @@ func amiNameChar(r rune) rune {
 	}
 	return '-'
 }
-
-// fixedTotal passes progress on but keeps the total its caller set.
-type fixedTotal struct{ progress.Reporter }
-
-func (fixedTotal) SetTotal(int64) {}
 
 // DeleteVM terminates an instance and waits until it is terminated (its
 // volumes go with it); when ferry registered the AMI it was launched from

@@ -102,7 +102,7 @@ func (p *Provider) ImportVM(ctx context.Context, spec core.VMSpec, disks []disk.
 		}
 		rv.add("destroy VDI "+name, func(ctx context.Context) error { return p.c.VDI().Destroy(ctx, vdi) })
 		rep.Phase(fmt.Sprintf("copy disk %d/%d", i+1, len(spec.Disks)))
-		if err := p.c.ImportRawVDI(ctx, vdi, p.cfg.ImportFormat, img, &addOnly{rep}); err != nil {
+		if err := p.c.ImportRawVDI(ctx, vdi, p.cfg.ImportFormat, img, progress.KeepTotal(rep)); err != nil {
 			return "", fmt.Errorf("%s: write disk %d (%s): %w", what, i, name, err)
 		}
 		vbd, err := p.c.VBD().Create(ctx, xapi.VBDRecord{
@@ -298,11 +298,3 @@ func (p *Provider) findNetworks(ctx context.Context, nics []core.NICSpec, mappin
 	}
 	return out, nil
 }
-
-// addOnly forwards Add and Phase but not SetTotal: ImportVM sets the
-// total over all disks.
-type addOnly struct{ r progress.Reporter }
-
-func (a *addOnly) SetTotal(int64)    {}
-func (a *addOnly) Add(n int64)       { a.r.Add(n) }
-func (a *addOnly) Phase(name string) { a.r.Phase(name) }
