@@ -83,7 +83,7 @@ func progressText(j job.Job) string {
 	if p.Total > 0 {
 		s += fmt.Sprintf(" %.0f%%", 100*float64(p.Done)/float64(p.Total))
 	} else if p.Done > 0 {
-		s += " " + humanBytes(p.Done)
+		s += " " + progress.HumanBytes(p.Done)
 	}
 	return strings.TrimSpace(s)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/job"
 	"github.com/ferry-project/ferry/internal/migrate"
+	"github.com/ferry-project/ferry/internal/progress"
 	"github.com/ferry-project/ferry/internal/service"
 )
 
@@ -154,14 +155,14 @@ func resolveVM(ctx context.Context, c *client.Client, from, arg string) (core.Si
 
 func printPlan(w io.Writer, p migrate.Plan) {
 	fmt.Fprintf(w, "plan: %s/%s (%s) → %s, %s\n", p.Request.Source, p.VM.ID, p.VM.Name, p.Request.Target, p.Direction())
-	fmt.Fprintf(w, "  vm:       %q, %d vCPU, %s memory, %s, %s, firmware %s\n", p.Name, p.VM.CPUs, humanBytes(p.VM.MemoryBytes),
+	fmt.Fprintf(w, "  vm:       %q, %d vCPU, %s memory, %s, %s, firmware %s\n", p.Name, p.VM.CPUs, progress.HumanBytes(p.VM.MemoryBytes),
 		p.VM.PowerState, plural(len(p.Disks), "disk"), firstOf(string(p.VM.Firmware), "bios"))
 	for _, d := range p.Disks {
 		boot := ""
 		if d.Bootable {
 			boot = ", boot"
 		}
-		fmt.Fprintf(w, "  disk %d:   %s (%s) %s → %s on the target%s\n", d.Position, d.Name, d.ID, humanBytes(d.Size), humanBytes(d.TargetSize), boot)
+		fmt.Fprintf(w, "  disk %d:   %s (%s) %s → %s on the target%s\n", d.Position, d.Name, d.ID, progress.HumanBytes(d.Size), progress.HumanBytes(d.TargetSize), boot)
 	}
 	if p.Instance != nil {
 		price := "price unknown"
@@ -213,13 +214,13 @@ func printMigrationResult(w io.Writer, j job.Job) {
 		mbps = float64(r.BytesRead) / 1e6 / r.TransferSecs
 	}
 	fmt.Fprintf(w, "  moved:    %s of data sent for %s of disk (%.1f%%); transfer %.1f s (%.0f MB/s of data), job %.1f s\n",
-		humanBytes(r.BytesSent), humanBytes(r.DiskBytes), ratio, r.TransferSecs, mbps, r.Seconds)
+		progress.HumanBytes(r.BytesSent), progress.HumanBytes(r.DiskBytes), ratio, r.TransferSecs, mbps, r.Seconds)
 	for _, v := range r.Verification {
 		verdict := "OK"
 		if !v.OK {
 			verdict = fmt.Sprintf("FAILED: %d blocks differ, first %d", v.Mismatches, v.FirstMismatch)
 		}
 		fmt.Fprintf(w, "  verified: %s → %s: %d blocks of %s checked by SHA-256 (source checksums: %d from the transfer, %d read again; %d only on the target, as zeros), %s read back; digest %.16s… %s\n",
-			v.Disk, v.Target, v.Blocks, humanBytes(v.BlockSize), v.FromTransfer, v.Reread, v.TargetOnly, humanBytes(v.BytesReadBack), v.TargetDigest, verdict)
+			v.Disk, v.Target, v.Blocks, progress.HumanBytes(v.BlockSize), v.FromTransfer, v.Reread, v.TargetOnly, progress.HumanBytes(v.BytesReadBack), v.TargetDigest, verdict)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferry-project/ferry/internal/core"
+	"github.com/ferry-project/ferry/internal/progress"
 	"github.com/ferry-project/ferry/internal/provider"
 	"github.com/ferry-project/ferry/internal/service"
 )
@@ -59,7 +60,7 @@ func newVMListCommand(g *Globals, r *remoteOptions) *cobra.Command {
 					cost = fmt.Sprintf("$%.2f", *v.MonthlyCost)
 					total += *v.MonthlyCost
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d (%s)\t%s\n", v.Site, v.Name, v.PowerState, v.CPUs, humanBytes(v.MemoryBytes), len(v.Disks), humanBytes(size), cost)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d (%s)\t%s\n", v.Site, v.Name, v.PowerState, v.CPUs, progress.HumanBytes(v.MemoryBytes), len(v.Disks), progress.HumanBytes(size), cost)
 			}
 			if err := tw.Flush(); err != nil {
 				return err

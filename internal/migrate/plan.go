@@ -26,6 +26,7 @@ import (
 	"github.com/ferry-project/ferry/internal/core"
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/pricing"
+	"github.com/ferry-project/ferry/internal/progress"
 	"github.com/ferry-project/ferry/internal/provider"
 	"github.com/ferry-project/ferry/internal/provider/aws"
 	"github.com/ferry-project/ferry/internal/provider/xen"
@@ -196,7 +197,7 @@ func (pl *Planner) Plan(ctx context.Context, r Request) (Plan, error) {
 		mem, err2 := strconv.ParseInt(vm.Tags[TagMemory], 10, 64)
 		if err1 == nil && err2 == nil && cpus > 0 && mem > 0 && (cpus != vm.CPUs || mem != vm.MemoryBytes) {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("the VM gets %d vCPUs and %s, its size before it was migrated to EC2 (the instance type has %d vCPUs and %s)",
-				cpus, sizeText(mem), vm.CPUs, sizeText(vm.MemoryBytes)))
+				cpus, progress.HumanBytes(mem), vm.CPUs, progress.HumanBytes(vm.MemoryBytes)))
 			p.VM.CPUs, p.VM.MemoryBytes = cpus, mem
 			vm = p.VM
 		}
@@ -258,12 +259,12 @@ func (pl *Planner) planDisks(p *Plan) error {
 		switch p.TargetKind {
 		case provider.KindAWS:
 			if d.Size > maxEBSVolume {
-				return fmt.Errorf("disk %s (%s) is %s; an EBS volume holds at most 16 TiB: %w", d.Name, d.ID, sizeText(d.Size), errs.ErrFailedPrecondition)
+				return fmt.Errorf("disk %s (%s) is %s; an EBS volume holds at most 16 TiB: %w", d.Name, d.ID, progress.HumanBytes(d.Size), errs.ErrFailedPrecondition)
 			}
 			pd.TargetSize = (d.Size + gib - 1) / gib * gib
 		case provider.KindXen:
 			if d.Size > maxVHDVDI {
-				return fmt.Errorf("disk %s (%s) is %s; a VDI on a VHD SR holds at most 2040 GiB: %w", d.Name, d.ID, sizeText(d.Size), errs.ErrFailedPrecondition)
+				return fmt.Errorf("disk %s (%s) is %s; a VDI on a VHD SR holds at most 2040 GiB: %w", d.Name, d.ID, progress.HumanBytes(d.Size), errs.ErrFailedPrecondition)
 			}
 		}
 		p.Disks = append(p.Disks, pd)
@@ -301,7 +302,7 @@ func (pl *Planner) planAWS(ctx context.Context, p *Plan, tgt provider.Provider) 
 	case "auto":
 		o, err := prices.Fit(p.Region, p.VM.CPUs, p.VM.MemoryBytes)
 		if err != nil {
-			return fmt.Errorf("instance type for %d vCPUs and %s: %w", p.VM.CPUs, sizeText(p.VM.MemoryBytes), err)
+			return fmt.Errorf("instance type for %d vCPUs and %s: %w", p.VM.CPUs, progress.HumanBytes(p.VM.MemoryBytes), err)
 		}
 		p.Instance = &o
 	default:
@@ -312,7 +313,7 @@ func (pl *Planner) planAWS(ctx context.Context, p *Plan, tgt provider.Provider) 
 			p.Warnings = append(p.Warnings, fmt.Sprintf("instance type %s has no size or price in the table for %s; cost unknown", it, p.Region))
 		case o.VCPUs < p.VM.CPUs || o.MemoryMiB<<20 < p.VM.MemoryBytes:
 			p.Warnings = append(p.Warnings, fmt.Sprintf("instance type %s (%d vCPUs, %d MiB) is smaller than the VM (%d vCPUs, %s)",
-				it, o.VCPUs, o.MemoryMiB, p.VM.CPUs, sizeText(p.VM.MemoryBytes)))
+				it, o.VCPUs, o.MemoryMiB, p.VM.CPUs, progress.HumanBytes(p.VM.MemoryBytes)))
 		}
 	}
 	subnets, err := a.ListSubnets(ctx)
@@ -404,7 +405,7 @@ func (pl *Planner) planXen(ctx context.Context, p *Plan, tgt provider.Provider) 
 		}
 		sr := srs[i]
 		if sr.SizeBytes > 0 && sr.FreeBytes < need {
-			return fmt.Errorf("SR %s has %s free; the disks need %s: %w", sr.Name, sizeText(sr.FreeBytes), sizeText(need), errs.ErrFailedPrecondition)
+			return fmt.Errorf("SR %s has %s free; the disks need %s: %w", sr.Name, progress.HumanBytes(sr.FreeBytes), progress.HumanBytes(need), errs.ErrFailedPrecondition)
 		}
 		p.Storage = sr.ID
 	} else {
@@ -415,7 +416,7 @@ func (pl *Planner) planXen(ctx context.Context, p *Plan, tgt provider.Provider) 
 			}
 		}
 		if len(srs) > 0 && !fits {
-			return fmt.Errorf("no SR of %s has %s free for the disks: %w", r.Target, sizeText(need), errs.ErrFailedPrecondition)
+			return fmt.Errorf("no SR of %s has %s free for the disks: %w", r.Target, progress.HumanBytes(need), errs.ErrFailedPrecondition)
 		}
 	}
 	nets, err := x.ListNetworks(ctx)
@@ -442,17 +443,4 @@ func (pl *Planner) planXen(ctx context.Context, p *Plan, tgt provider.Provider) 
 		p.Networks = append(p.Networks, m)
 	}
 	return nil
-}
-
-// sizeText formats n in binary units.
-func sizeText(n int64) string {
-	switch {
-	case n >= 1<<40 && n%(1<<40) == 0:
-		return fmt.Sprintf("%d TiB", n>>40)
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	}
-	return fmt.Sprintf("%d bytes", n)
 }
