@@ -29,6 +29,7 @@ import (
 	"github.com/ferry-project/ferry/internal/disk"
 	"github.com/ferry-project/ferry/internal/disk/formats"
 	"github.com/ferry-project/ferry/internal/errs"
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 	"github.com/ferry-project/ferry/internal/lab/sample"
 	"github.com/ferry-project/ferry/internal/provider"
 	"github.com/ferry-project/ferry/internal/provider/xen"
@@ -144,28 +145,7 @@ func (l *lab) save() error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(l.path(labStateFile), append(b, '\n'), 0o600)
-}
-
-// writeFileAtomic writes path through a temporary file and a rename.
-func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return labkit.WriteFile(l.path(labStateFile), append(b, '\n'), 0o600)
 }
 
 // lock takes LABDIR/lab.lock so that two ups or downs do not interleave.
@@ -307,7 +287,7 @@ func (l *lab) start(part string, noQEMU bool) (p labProc, logOffset int64, exite
 	go func() { cmd.Wait(); close(done) }()
 	p = labProc{PID: cmd.Process.Pid, Args: l.args(part, noQEMU), Started: time.Now().UTC()}
 	b, _ := json.Marshal(p)
-	if err := writeFileAtomic(l.path("run", part+".json"), b, 0o600); err != nil {
+	if err := labkit.WriteFile(l.path("run", part+".json"), b, 0o600); err != nil {
 		p.stop(labStopTimeout)
 		return p, 0, nil, err
 	}
@@ -581,7 +561,7 @@ func (l *lab) ensureToken(ctx context.Context, g *Globals, controlRuns bool) (st
 	if err != nil {
 		return "", err
 	}
-	if err := writeFileAtomic(path, []byte(tok.Secret+"\n"), 0o600); err != nil {
+	if err := labkit.WriteFile(path, []byte(tok.Secret+"\n"), 0o600); err != nil {
 		return "", err
 	}
 	fmt.Fprintf(g.Stdout, "created an admin token for the lab in %s\n", path)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ferry-project/ferry/internal/disk"
 	"github.com/ferry-project/ferry/internal/errs"
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 )
 
 // blockSize is the EBS snapshot block: 512 KiB.
@@ -320,7 +321,7 @@ func (b *blockStore) sweep(live map[hash]bool) (int, error) {
 		binary.LittleEndian.PutUint64(rec[36:], uint64(l.off))
 		raw.Write(rec[:])
 	}
-	if err := writeFileAtomic(filepath.Join(b.dir, "packs.idx"), raw.Bytes(), 0o644); err != nil {
+	if err := labkit.WriteFile(filepath.Join(b.dir, "packs.idx"), raw.Bytes(), 0o644); err != nil {
 		return n, fmt.Errorf("sweep blocks: %w", err)
 	}
 	b.idx.Close()
@@ -434,7 +435,7 @@ func writeIndex(path string, x index) error {
 		binary.Write(&b, binary.LittleEndian, uint64(e.Index))
 		b.Write(e.Hash[:])
 	}
-	return writeFileAtomic(path, b.Bytes(), 0o644)
+	return labkit.WriteFile(path, b.Bytes(), 0o644)
 }
 
 func readIndex(path string) (index, error) {

@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 )
 
 // Multipart uploads: CreateMultipartUpload, UploadPart, ListParts,
@@ -86,7 +88,7 @@ func (s *Server) createUpload(w http.ResponseWriter, r *http.Request, reqID stri
 		return err
 	}
 	raw, _ := json.Marshal(u)
-	if err := writeFileAtomic(filepath.Join(dir, "upload.json"), raw, 0o644); err != nil {
+	if err := labkit.WriteFile(filepath.Join(dir, "upload.json"), raw, 0o644); err != nil {
 		os.RemoveAll(dir)
 		return err
 	}
@@ -141,7 +143,7 @@ func (s *Server) uploadPart(w http.ResponseWriter, r *http.Request, reqID string
 		return err
 	}
 	raw, _ := json.Marshal(p)
-	if err := writeFileAtomic(filepath.Join(dir, fmt.Sprintf("part-%d.json", n)), raw, 0o644); err != nil {
+	if err := labkit.WriteFile(filepath.Join(dir, fmt.Sprintf("part-%d.json", n)), raw, 0o644); err != nil {
 		return err
 	}
 	u.parts[n] = p

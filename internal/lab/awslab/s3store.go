@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferry-project/ferry/internal/errs"
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 )
 
 // S3 state on disk: s3/<bucket>/bucket.json; each object's metadata in
@@ -183,7 +184,7 @@ func (s *Server) createBucketLocked(name string) error {
 	}
 	b := &bucket{Name: name, Created: s.now().UTC(), Region: s.region, objects: map[string]*object{}, uploads: map[string]*upload{}}
 	raw, _ := json.Marshal(b)
-	if err := writeFileAtomic(filepath.Join(dir, "bucket.json"), raw, 0o644); err != nil {
+	if err := labkit.WriteFile(filepath.Join(dir, "bucket.json"), raw, 0o644); err != nil {
 		return err
 	}
 	s.buckets[name] = b
@@ -215,7 +216,7 @@ func (s *Server) writeObjectMeta(b *bucket, o *object) error {
 		return fmt.Errorf("store object %s: %w", o.Key, err)
 	}
 	raw, _ := json.Marshal(o)
-	return writeFileAtomic(path, raw, 0o644)
+	return labkit.WriteFile(path, raw, 0o644)
 }
 
 func (s *Server) deleteObjectLocked(b *bucket, key string) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferry-project/ferry/internal/errs"
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 )
 
 const (
@@ -305,42 +306,7 @@ func (st *state) save(dir string) error {
 	if err != nil {
 		return fmt.Errorf("aws lab: encode state: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(dir, stateFile), b, 0o644)
-}
-
-// writeFileAtomic writes b to path through a temporary file in the same
-// directory, synced before it is renamed into place.
-func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	return writeFile(path, b, mode, true)
-}
-
-// writeFile writes b to path through a temporary file renamed into
-// place, so that path is always whole; with sync, the data reaches the
-// disk before the rename.
-func writeFile(path string, b []byte, mode os.FileMode, sync bool) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	err = f.Chmod(mode)
-	if err == nil {
-		_, err = f.Write(b)
-	}
-	if err == nil && sync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return labkit.WriteFile(filepath.Join(dir, stateFile), b, 0o644)
 }
 
 // bootstrap creates a new region: an account, the default VPC with one
@@ -397,7 +363,7 @@ func (s *Server) loadCredentials(ak, sk string) error {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
 		return nil
 	}
-	return writeFileAtomic(path, b, 0o600)
+	return labkit.WriteFile(path, b, 0o600)
 }
 
 // generateKeys returns a new key pair in AWS's shapes: an access key of 20

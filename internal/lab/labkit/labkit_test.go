@@ -5,6 +5,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -35,5 +38,26 @@ func TestServe(t *testing.T) {
 	<-stopped
 	if _, err := http.Get("http://" + ln.Addr().String()); err == nil {
 		t.Fatal("still serving after Serve returned")
+	}
+}
+
+func TestWriteFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.json")
+	for _, content := range []string{"first", "second, longer"} {
+		if err := WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(p)
+		st, _ := os.Stat(p)
+		if err != nil || string(b) != content || st.Mode().Perm() != 0o600 {
+			t.Fatalf("after writing %q: %q %v, mode %v", content, b, err, st.Mode())
+		}
+	}
+	if err := WriteFile(filepath.Join(dir, "missing", "x"), []byte("x"), 0o644); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("write into a missing directory: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("%d entries left in the directory, want only the file", len(ents))
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferry-project/ferry/internal/errs"
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 )
 
 const (
@@ -184,35 +185,10 @@ func (d *db) save(dir string) error {
 	if err != nil {
 		return fmt.Errorf("encode lab state: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, stateFile), b); err != nil {
+	if err := labkit.WriteFile(filepath.Join(dir, stateFile), b, 0o600); err != nil {
 		return err
 	}
 	d.dirty = false
-	return nil
-}
-
-// writeFileAtomic writes b to path through a temporary file in the same
-// directory, synced before it is renamed into place.
-func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
 	return nil
 }
 

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 )
 
 // qemuMarker in a VM's other_config says a QEMU guest runs it, so that a
@@ -123,7 +125,7 @@ func (s *Server) startGuestLocked(ctx context.Context, vm *object, paused bool) 
 		for i, h := range hs {
 			binary.LittleEndian.PutUint64(b[8*i:], h)
 		}
-		if err := writeFileAtomic(filepath.Join(dir, "hashes-"+v.str("uuid")+".bin"), b); err != nil {
+		if err := labkit.WriteFile(filepath.Join(dir, "hashes-"+v.str("uuid")+".bin"), b, 0o600); err != nil {
 			return internalErr("%v", err)
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/ferry-project/ferry/internal/lab/labkit"
 )
 
 // vdiCreate is VDI.create: an empty dynamic VHD file in the SR directory.
@@ -334,7 +336,7 @@ func (s *Server) recordWritesLocked(v *object, changed bitmap) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	return writeFileAtomic(path, cur)
+	return labkit.WriteFile(path, cur, 0o600)
 }
 
 func (s *Server) vdiEnableCBT(c *call) (any, error) {
