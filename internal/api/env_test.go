@@ -78,7 +78,7 @@ func newEnv(t testing.TB) *env {
 	e.st = st
 	images := service.NewImages(formats.Registry(), formats.Archives(), nil)
 	reg := job.NewRegistry()
-	service.RegisterJobKinds(reg, images, e.images, nil, nil)
+	service.RegisterJobKinds(reg, images, e.images, nil)
 	job.Register(reg, blockKind())
 	m := metrics.New(metrics.Sources{Store: st})
 	jm, err := job.Open(ctx, loc, st, reg, &job.Options{Work: true, SingleNode: true, PollInterval: 20 * time.Millisecond,

@@ -193,7 +193,7 @@ func runServe(ctx context.Context, g *Globals, o serveOptions) error {
 		return out
 	}})
 	reg := job.NewRegistry()
-	service.RegisterJobKinds(reg, g.Images, imagesDir, sites, g.Logger)
+	service.RegisterJobKinds(reg, g.Images, imagesDir, sites)
 	jm, err := job.Open(ctx, loc, st, reg, &job.Options{Logger: g.Logger, Work: !o.noWork, Workers: o.workers,
 		SingleNode: loc.Dialect == store.SQLite, LeaseTTL: o.leaseTTL, OnBytes: m.AddBytes})
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/ferry-project/ferry/internal/errs"
 	"github.com/ferry-project/ferry/internal/job"
 	"github.com/ferry-project/ferry/internal/metrics"
+	"github.com/ferry-project/ferry/internal/migrate"
 	"github.com/ferry-project/ferry/internal/service"
 	"github.com/ferry-project/ferry/internal/site"
 	"github.com/ferry-project/ferry/internal/store"
@@ -72,21 +73,18 @@ func runWorker(ctx context.Context, g *Globals, o workerOptions) error {
 	}
 	// Migrations need the sites' credentials, sealed under the server's
 	// key: without it this worker runs conversions only.
-	var sites *site.Manager
+	var sites migrate.Sites // nil: migrations fail saying the key is missing
 	if o.keyFile != "" || os.Getenv(site.KeyEnv) != "" {
 		key, _, err := site.LoadKey(o.keyFile, os.Getenv(site.KeyEnv), "")
 		if err != nil {
 			return err
 		}
-		sites = site.NewManager(st, site.Kinds(), site.NewSealer(key), &site.Options{Logger: g.Logger})
-		defer sites.Close()
+		mgr := site.NewManager(st, site.Kinds(), site.NewSealer(key), &site.Options{Logger: g.Logger})
+		defer mgr.Close()
+		sites = mgr
 	}
 	reg := job.NewRegistry()
-	if sites != nil {
-		service.RegisterJobKinds(reg, g.Images, imagesDir, sites, g.Logger)
-	} else {
-		service.RegisterJobKinds(reg, g.Images, imagesDir, nil, g.Logger)
-	}
+	service.RegisterJobKinds(reg, g.Images, imagesDir, sites)
 	jm, err := job.Open(ctx, loc, st, reg, &job.Options{Logger: g.Logger, Work: true, Workers: o.workers, LeaseTTL: o.leaseTTL, OnBytes: m.AddBytes})
 	if err != nil {
 		return err

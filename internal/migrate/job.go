@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,8 +98,7 @@ type Result struct {
 
 // Migrator runs migration jobs.
 type Migrator struct {
-	Sites  Sites
-	Logger *slog.Logger
+	Sites Sites
 	// Window is how much of a VDI's address space one import_raw_vdi
 	// covers (a commit point); default 256 MiB, or a 16th of the disk
 	// when that is larger.
@@ -135,13 +133,6 @@ func (m *Migrator) forget(jobID string) {
 			delete(m.sums, k)
 		}
 	}
-}
-
-func (m *Migrator) log() *slog.Logger {
-	if m.Logger == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return m.Logger
 }
 
 func toAWS(s *State) bool { return s.Plan.TargetKind == provider.KindAWS }
@@ -366,6 +357,9 @@ func (m *Migrator) toEBS(ctx context.Context, e *job.Env, s *State, i int, img d
 	if err != nil {
 		return err
 	}
+	if s.Plan.Method == MethodS3Import {
+		return m.toS3Import(ctx, e, s, i, img, a)
+	}
 	d := &s.Disks[i]
 	var resume *ebsdirect.Checkpoint
 	if len(d.EBS) > 0 {
@@ -373,9 +367,6 @@ func (m *Migrator) toEBS(ctx context.Context, e *job.Env, s *State, i int, img d
 		if err := resume.UnmarshalBinary(d.EBS); err != nil {
 			return fmt.Errorf("the saved upload checkpoint: %w", err)
 		}
-	}
-	if s.Plan.Method == MethodS3Import {
-		return m.toS3Import(ctx, e, s, i, img, a)
 	}
 	sums := m.blockSums(e.JobID, i, true)
 	var read atomic.Int64
@@ -434,6 +425,9 @@ func (m *Migrator) toS3Import(ctx context.Context, e *job.Env, s *State, i int, 
 	}
 	d.BytesSent += read
 	d.Target = snap
+	// The whole disk was read here, this run: its checksums need not be
+	// taken again (unless a read missed whole blocks: sums.partial).
+	sums.complete = true
 	return record(ctx, e, s, Resource{Site: s.Plan.Request.Target, Kind: "ebs-snapshot", ID: snap})
 }
 
@@ -447,12 +441,11 @@ func (m *Migrator) toVDI(ctx context.Context, e *job.Env, s *State, i int, img d
 	d := &s.Disks[i]
 	// At most 16 windows per disk (a pool may rewrite more than the
 	// window per call), each whole VHD blocks.
-	size0 := img.Size()
-	win := cmp.Or(m.Window, max(256<<20, size0/16))
+	size := img.Size()
+	win := cmp.Or(m.Window, max(256<<20, size/16))
 	win = max(win/(2<<20)*(2<<20), 2<<20)
 	fresh := d.Committed == 0
 	sums := m.blockSums(e.JobID, i, fresh)
-	size := img.Size()
 	e.Progress.Add(min(d.Committed, size))
 	for d.Committed < size {
 		var read int64

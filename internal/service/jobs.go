@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -35,12 +34,12 @@ type ImageConvertArgs struct {
 // imagesDir (relative paths inside it; "" allows any absolute path).
 // Migrations reach sites through sites (nil: a node without the site key,
 // whose migrations fail saying so).
-func RegisterJobKinds(reg *job.Registry, images *Images, imagesDir string, sites migrate.Sites, logger *slog.Logger) {
+func RegisterJobKinds(reg *job.Registry, images *Images, imagesDir string, sites migrate.Sites) {
 	job.Register(reg, imageConvertJob(images, imagesDir))
 	if sites == nil {
 		sites = noSites{}
 	}
-	job.Register(reg, (&migrate.Migrator{Sites: sites, Logger: logger}).Kind())
+	job.Register(reg, (&migrate.Migrator{Sites: sites}).Kind())
 }
 
 // noSites is the Sites of a node that cannot unseal site credentials.

@@ -52,7 +52,7 @@ func startControlPlane(t *testing.T) *controlPlane {
 		t.Fatal(err)
 	}
 	reg := job.NewRegistry()
-	service.RegisterJobKinds(reg, service.NewImages(formats.Registry(), formats.Archives(), nil), c.images, nil, nil)
+	service.RegisterJobKinds(reg, service.NewImages(formats.Registry(), formats.Archives(), nil), c.images, nil)
 	jm, err := job.Open(ctx, loc, st, reg, &job.Options{Work: true, SingleNode: true, PollInterval: 20 * time.Millisecond,
 		LeaseTTL: time.Second, ProgressInterval: 20 * time.Millisecond})
 	if err != nil {
