@@ -150,15 +150,11 @@ func (l *lab) save() error {
 
 // lock takes LABDIR/lab.lock so that two ups or downs do not interleave.
 func (l *lab) lock() (func(), error) {
-	f, err := os.OpenFile(l.path("lab.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
+	release, held, err := tryLock(l.path("lab.lock"))
+	if held {
 		return nil, fmt.Errorf("another ferry lab up or down is working on %s: %w", l.dir, errs.ErrConflict)
 	}
-	return func() { f.Close() }, nil
+	return release, err
 }
 
 func (l *lab) listen(part string) string {

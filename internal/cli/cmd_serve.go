@@ -135,15 +135,25 @@ func (d dataOptions) open(ctx context.Context, g *Globals) (store.Store, store.L
 // lockDataDir takes an exclusive lock on the data directory for the life
 // of the process: with SQLite, one server at a time.
 func lockDataDir(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, "ferry.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	release, held, err := tryLock(filepath.Join(dir, "ferry.lock"))
+	if held {
+		return nil, fmt.Errorf("data directory %s is in use by another ferry serve or worker: %w", dir, errs.ErrFailedPrecondition)
+	}
+	return release, err
+}
+
+// tryLock takes an exclusive lock on path (created if missing) until
+// release is called; held reports that another process holds it.
+func tryLock(path string) (release func(), held bool, err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("data directory %s is in use by another ferry serve or worker: %w", dir, errs.ErrFailedPrecondition)
+		return nil, true, nil
 	}
-	return func() { f.Close() }, nil
+	return func() { f.Close() }, false, nil
 }
 
 func runServe(ctx context.Context, g *Globals, o serveOptions) error {
