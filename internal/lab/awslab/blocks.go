@@ -39,18 +39,36 @@ type hash [32]byte
 // a file per block in blocks/<xx>/<sha256>, are still read and swept.
 // Writers hold the read side of gc while they store a block and record it
 // in an index; a sweep holds the write side.
+//
+// Where the file system allows it (Linux), packs are read and written
+// with direct I/O, bypassing the page cache: a snapshot's blocks are
+// written once and read back rarely, and caching gigabytes of them would
+// cost the machine the lab shares with ferry and its guests more memory
+// traffic than the disk costs. Packs grow in preallocated steps, so that
+// concurrent block writes land inside the file and do not serialise on
+// extending it.
 type blockStore struct {
 	dir string
 	gc  sync.RWMutex
 
 	mu      sync.Mutex
 	opened  bool
+	legacy  bool // the file-per-block layout has files here
 	locs    map[hash]packLoc
 	pending map[hash]chan struct{} // blocks being written: a second put waits
-	packs   map[int32]*os.File
+	packs   map[int32]*pack
 	cur     int32 // the pack written now
-	curSize int64
 	idx     *os.File
+
+	bufs sync.Pool // *[]byte, blockSize, aligned for direct I/O
+}
+
+// pack is an open pack file.
+type pack struct {
+	f      *os.File
+	direct bool  // opened for direct I/O: aligned offsets and buffers only
+	end    int64 // where the next block goes: blocks below are written or being written
+	alloc  int64 // bytes the file holds (preallocated beyond end)
 }
 
 // packLoc is where a block lives.
@@ -61,6 +79,9 @@ type packLoc struct {
 
 // packSize bounds a pack file.
 const packSize = 1 << 30
+
+// packGrow is the step in which a pack file is preallocated.
+const packGrow = 64 << 20
 
 // packRecord is an index record: hash, pack, offset.
 const packRecord = 32 + 4 + 8
@@ -75,6 +96,68 @@ func (b *blockStore) path(h hash) string {
 	return filepath.Join(b.dir, x[:2], x)
 }
 
+// buffer returns a block buffer aligned for direct I/O; release gives it
+// back.
+func (b *blockStore) buffer() []byte {
+	if p, ok := b.bufs.Get().(*[]byte); ok {
+		return *p
+	}
+	return alignedBlock()
+}
+
+func (b *blockStore) release(p []byte) {
+	if len(p) == blockSize && aligned(p) {
+		b.bufs.Put(&p)
+	}
+}
+
+// openPack opens (or creates) pack n, for direct I/O where the file
+// system supports it.
+func (b *blockStore) openPack(n int32, create bool) (*pack, error) {
+	flag := os.O_RDWR
+	if create {
+		flag |= os.O_CREATE
+	}
+	f, direct, err := openDirect(b.packPath(n), flag, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("block store: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("block store: %w", err)
+	}
+	return &pack{f: f, direct: direct, alloc: st.Size()}, nil
+}
+
+// writeAt writes a block at off (a multiple of blockSize).
+func (pk *pack) writeAt(b *blockStore, p []byte, off int64) error {
+	if pk.direct && !aligned(p) {
+		q := b.buffer()
+		defer b.release(q)
+		copy(q, p)
+		p = q
+	}
+	_, err := pk.f.WriteAt(p, off)
+	return err
+}
+
+// readAt reads the block at off (a multiple of blockSize) into p.
+func (pk *pack) readAt(b *blockStore, p []byte, off int64) error {
+	q := p
+	if pk.direct && !aligned(p) {
+		q = b.buffer()
+		defer b.release(q)
+	}
+	if _, err := pk.f.ReadAt(q, off); err != nil {
+		return err
+	}
+	if &q[0] != &p[0] {
+		copy(p, q)
+	}
+	return nil
+}
+
 // openLocked loads the index and opens the packs, once.
 func (b *blockStore) openLocked() error {
 	if b.opened {
@@ -83,47 +166,54 @@ func (b *blockStore) openLocked() error {
 	if err := os.MkdirAll(b.dir, 0o755); err != nil {
 		return fmt.Errorf("block store: %w", err)
 	}
-	b.locs, b.packs, b.pending = map[hash]packLoc{}, map[int32]*os.File{}, map[hash]chan struct{}{}
+	b.locs, b.packs, b.pending = map[hash]packLoc{}, map[int32]*pack{}, map[hash]chan struct{}{}
+	b.legacy = false
+	if ents, err := os.ReadDir(b.dir); err == nil {
+		for _, e := range ents {
+			if e.IsDir() && len(e.Name()) == 2 {
+				b.legacy = true
+			}
+		}
+	}
 	names, _ := filepath.Glob(filepath.Join(b.dir, "pack-*"))
-	sizes := map[int32]int64{}
 	for _, name := range names {
 		var n int32
 		if _, err := fmt.Sscanf(filepath.Base(name), "pack-%06d", &n); err != nil {
 			continue
 		}
-		f, err := os.OpenFile(name, os.O_RDWR, 0o644)
+		pk, err := b.openPack(n, false)
 		if err != nil {
-			return fmt.Errorf("block store: %w", err)
+			b.closeLocked()
+			return err
 		}
-		st, err := f.Stat()
-		if err != nil {
-			f.Close()
-			return fmt.Errorf("block store: %w", err)
-		}
-		b.packs[n], sizes[n] = f, st.Size()
-		if n >= b.cur {
-			b.cur, b.curSize = n, st.Size()
-		}
+		b.packs[n] = pk
+		b.cur = max(b.cur, n)
 	}
 	raw, err := os.ReadFile(filepath.Join(b.dir, "packs.idx"))
 	if err != nil && !os.IsNotExist(err) {
+		b.closeLocked()
 		return fmt.Errorf("block store index: %w", err)
 	}
 	for k := 0; k+packRecord <= len(raw); k += packRecord {
 		var h hash
 		copy(h[:], raw[k:])
 		l := packLoc{pack: int32(binary.LittleEndian.Uint32(raw[k+32:])), off: int64(binary.LittleEndian.Uint64(raw[k+36:]))}
-		if l.off+blockSize <= sizes[l.pack] { // a record past its pack's end was torn off
+		if pk := b.packs[l.pack]; pk != nil && l.off+blockSize <= pk.alloc { // a record past its pack's end was torn off
 			b.locs[h] = l
+			pk.end = max(pk.end, l.off+blockSize)
 		}
 	}
+	// Blocks past the last record (written, not recorded, when the lab
+	// stopped) are written over.
 	idx, err := os.OpenFile(filepath.Join(b.dir, "packs.idx"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
+		b.closeLocked()
 		return fmt.Errorf("block store index: %w", err)
 	}
 	if n := len(raw) % packRecord; n != 0 { // a torn last record
 		if err := idx.Truncate(int64(len(raw) - n)); err != nil {
 			idx.Close()
+			b.closeLocked()
 			return fmt.Errorf("block store index: %w", err)
 		}
 	}
@@ -135,8 +225,15 @@ func (b *blockStore) openLocked() error {
 func (b *blockStore) close() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for _, f := range b.packs {
-		f.Close()
+	b.closeLocked()
+}
+
+func (b *blockStore) closeLocked() {
+	for _, pk := range b.packs {
+		if pk.alloc > pk.end {
+			pk.f.Truncate(pk.end) // give back what was preallocated
+		}
+		pk.f.Close()
 	}
 	if b.idx != nil {
 		b.idx.Close()
@@ -178,9 +275,11 @@ func (b *blockStore) putSum(p []byte, sum [32]byte) (hash, error) {
 		<-ch
 		b.mu.Lock()
 	}
-	if _, err := os.Stat(b.path(h)); err == nil {
-		b.mu.Unlock()
-		return h, nil
+	if b.legacy {
+		if _, err := os.Stat(b.path(h)); err == nil {
+			b.mu.Unlock()
+			return h, nil
+		}
 	}
 	done := make(chan struct{})
 	b.pending[h] = done
@@ -190,23 +289,12 @@ func (b *blockStore) putSum(p []byte, sum [32]byte) (hash, error) {
 		b.mu.Unlock()
 		close(done)
 	}()
-	f := b.packs[b.cur]
-	if f == nil || b.curSize+blockSize > packSize {
-		if f != nil {
-			b.cur++
-		}
-		nf, err := os.OpenFile(b.packPath(b.cur), os.O_RDWR|os.O_CREATE, 0o644)
-		if err != nil {
-			b.mu.Unlock()
-			return h, fmt.Errorf("store block: %w", err)
-		}
-		b.packs[b.cur], b.curSize, f = nf, 0, nf
-	}
-	l := packLoc{pack: b.cur, off: b.curSize}
-	b.curSize += blockSize
+	l, pk, err := b.placeLocked()
 	b.mu.Unlock()
-
-	if _, err := f.WriteAt(p, l.off); err != nil {
+	if err != nil {
+		return h, fmt.Errorf("store block: %w", err)
+	}
+	if err := pk.writeAt(b, p, l.off); err != nil {
 		return h, fmt.Errorf("store block: %w", err)
 	}
 	var rec [packRecord]byte
@@ -222,6 +310,37 @@ func (b *blockStore) putSum(p []byte, sum [32]byte) (hash, error) {
 	return h, nil
 }
 
+// placeLocked reserves the place of the next block: the end of the
+// current pack, or a new pack when it is full. The file is grown first,
+// so the block is written inside it.
+func (b *blockStore) placeLocked() (packLoc, *pack, error) {
+	pk := b.packs[b.cur]
+	if pk == nil || pk.end+blockSize > packSize {
+		if pk != nil {
+			if pk.alloc > pk.end {
+				pk.f.Truncate(pk.end) // blocks still being written lie below end
+				pk.alloc = pk.end
+			}
+			b.cur++
+		}
+		var err error
+		if pk, err = b.openPack(b.cur, true); err != nil {
+			return packLoc{}, nil, err
+		}
+		b.packs[b.cur] = pk
+	}
+	l := packLoc{pack: b.cur, off: pk.end}
+	if pk.end+blockSize > pk.alloc {
+		grow := min(packGrow, packSize-pk.alloc)
+		if err := preallocate(pk.f, pk.alloc, grow); err != nil {
+			return packLoc{}, nil, err
+		}
+		pk.alloc += grow
+	}
+	pk.end += blockSize
+	return l, pk, nil
+}
+
 // read reads a block into p (512 KiB) and checks its hash.
 func (b *blockStore) read(h hash, p []byte) error {
 	b.mu.Lock()
@@ -230,10 +349,10 @@ func (b *blockStore) read(h hash, p []byte) error {
 		return err
 	}
 	l, ok := b.locs[h]
-	f := b.packs[l.pack]
+	pk := b.packs[l.pack]
 	b.mu.Unlock()
-	if ok && f != nil {
-		if _, err := f.ReadAt(p[:blockSize], l.off); err != nil {
+	if ok && pk != nil {
+		if err := pk.readAt(b, p[:blockSize], l.off); err != nil {
 			return fmt.Errorf("read block %x: %w", h[:8], err)
 		}
 	} else {
@@ -275,42 +394,33 @@ func (b *blockStore) sweep(live map[hash]bool) (int, error) {
 			n++
 		}
 	}
-	buf := make([]byte, blockSize)
-	for pk, f := range b.packs {
-		st, err := f.Stat()
-		if err != nil || pk == b.cur {
-			continue
-		}
-		if livePerPack[pk]*blockSize*2 >= st.Size() {
+	buf := b.buffer()
+	defer b.release(buf)
+	for pn := range b.packs {
+		pk := b.packs[pn]
+		if pn == b.cur || livePerPack[pn]*blockSize*2 >= pk.end {
 			continue
 		}
 		// Move the live blocks out (gc is held: nothing else writes).
 		for h, l := range b.locs {
-			if l.pack != pk {
+			if l.pack != pn {
 				continue
 			}
-			if _, err := f.ReadAt(buf, l.off); err != nil {
+			if err := pk.readAt(b, buf, l.off); err != nil {
 				return n, fmt.Errorf("sweep blocks: %w", err)
 			}
-			cf := b.packs[b.cur]
-			if cf == nil || b.curSize+blockSize > packSize {
-				if cf != nil {
-					b.cur++
-				}
-				if cf, err = os.OpenFile(b.packPath(b.cur), os.O_RDWR|os.O_CREATE, 0o644); err != nil {
-					return n, fmt.Errorf("sweep blocks: %w", err)
-				}
-				b.packs[b.cur], b.curSize = cf, 0
-			}
-			if _, err := cf.WriteAt(buf, b.curSize); err != nil {
+			nl, cp, err := b.placeLocked()
+			if err != nil {
 				return n, fmt.Errorf("sweep blocks: %w", err)
 			}
-			b.locs[h] = packLoc{pack: b.cur, off: b.curSize}
-			b.curSize += blockSize
+			if err := cp.writeAt(b, buf, nl.off); err != nil {
+				return n, fmt.Errorf("sweep blocks: %w", err)
+			}
+			b.locs[h] = nl
 		}
-		f.Close()
-		delete(b.packs, pk)
-		os.Remove(b.packPath(pk))
+		pk.f.Close()
+		delete(b.packs, pn)
+		os.Remove(b.packPath(pn))
 	}
 	// Rewrite the index with the blocks that are left.
 	var raw bytes.Buffer

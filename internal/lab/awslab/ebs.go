@@ -341,15 +341,16 @@ func (s *Server) putSnapshotBlock(w http.ResponseWriter, r *http.Request, reqID,
 	if err != nil {
 		return err
 	}
-	data := make([]byte, blockSize+1)
+	data := s.blocks.buffer()
+	defer s.blocks.release(data)
 	n, err := io.ReadFull(r.Body, data)
-	if err != io.ErrUnexpectedEOF && err != nil || n != blockSize {
-		if err == nil || n > blockSize {
-			return validationErr("INVALID_PARAMETER_VALUE", "The block data is longer than %d bytes.", blockSize)
-		}
+	if err != nil {
 		return validationErr("INVALID_PARAMETER_VALUE", "The block data is %d bytes, not the %d that x-amz-Data-Length gives.", n, blockSize)
 	}
-	data = data[:blockSize]
+	var extra [1]byte
+	if k, _ := io.ReadFull(r.Body, extra[:]); k > 0 {
+		return validationErr("INVALID_PARAMETER_VALUE", "The block data is longer than %d bytes.", blockSize)
+	}
 	sum := sha256.Sum256(data)
 	got := base64.StdEncoding.EncodeToString(sum[:])
 	if got != want {
@@ -665,7 +666,8 @@ func (s *Server) getSnapshotBlock(w http.ResponseWriter, r *http.Request, reqID,
 	if err := s.checkBlockToken(tok, id, blk, h); err != nil {
 		return err
 	}
-	data := make([]byte, blockSize)
+	data := s.blocks.buffer()
+	defer s.blocks.release(data)
 	if err := s.blocks.read(h, data); err != nil {
 		return err
 	}

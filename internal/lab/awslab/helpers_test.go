@@ -295,23 +295,3 @@ func compareImages(t *testing.T, a, b disk.Image) {
 	}
 }
 
-// filepathWalk calls fn for every regular file under dir.
-func filepathWalkInfo(t *testing.T, dir string, fn func(name string, size int64)) {
-	t.Helper()
-	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			info, err := d.Info()
-			if err != nil {
-				return err
-			}
-			fn(d.Name(), info.Size())
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}

@@ -105,7 +105,8 @@ func (s *Server) writeVolumeFile(ctx context.Context, id string, size int64, x i
 	if err := f.Truncate(size); err != nil {
 		return fmt.Errorf("volume %s: %w", id, err)
 	}
-	buf := make([]byte, blockSize)
+	buf := s.blocks.buffer()
+	defer s.blocks.release(buf)
 	for _, e := range x {
 		if err := ctx.Err(); err != nil {
 			return err
