@@ -156,6 +156,10 @@ func TestDeltaAndCBT(t *testing.T) {
 	l.mustCall(nil, "VDI.enable_cbt", vdi)
 	var s1 string
 	l.mustCall(&s1, "VDI.snapshot", vdi, map[string]any{})
+	// the snapshot shares the VDI's file until the VDI is written
+	if !l.sameFile(vdi, s1) {
+		t.Error("the snapshot does not share the VDI's file")
+	}
 	var cbt bool
 	l.field("VDI", s1, "cbt_enabled", &cbt)
 	if !cbt {
@@ -172,6 +176,12 @@ func TestDeltaAndCBT(t *testing.T) {
 	}
 	want := map[int64]bool{0: true, 5: true, 17: true, 18: true}
 	l.importRaw(vdi, mod)
+	if l.sameFile(vdi, s1) {
+		t.Error("the VDI, written, still shares its file with the snapshot")
+	}
+	if _, got := l.get("/export_raw_vdi", url.Values{"vdi": {s1}, "format": {"raw"}}); !bytes.Equal(got, base) {
+		t.Error("the snapshot changed when its VDI was written")
+	}
 	var s2 string
 	l.mustCall(&s2, "VDI.snapshot", vdi, map[string]any{})
 

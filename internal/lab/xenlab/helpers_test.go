@@ -337,3 +337,20 @@ func pattern(size int, seed byte) []byte {
 func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
 
 func newSchemaRegistry() *disk.Registry { return disk.NewRegistry(vhd.Format(), raw.Format()) }
+
+// sameFile reports whether two VDIs are one file (one shared by the other).
+func (l *lab) sameFile(a, b string) bool {
+	l.t.Helper()
+	l.s.mu.Lock()
+	pa, pb := l.s.vdiPathLocked(l.s.db.objs[a]), l.s.vdiPathLocked(l.s.db.objs[b])
+	l.s.mu.Unlock()
+	sa, err := os.Stat(pa)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	sb, err := os.Stat(pb)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return os.SameFile(sa, sb)
+}

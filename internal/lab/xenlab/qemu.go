@@ -111,6 +111,13 @@ func (s *Server) startGuestLocked(ctx context.Context, vm *object, paused bool) 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return internalErr("VM directory: %v", err)
 	}
+	// The guest writes its disks in place: a disk sharing its file with a
+	// snapshot gets its own first.
+	for _, v := range disks {
+		if err := s.unshare(ctx, s.vdiPathLocked(v)); err != nil {
+			return internalErr("VDI %s before boot: %v", v.str("uuid"), err)
+		}
+	}
 	// Remember every CBT-enabled disk's content to find the guest's writes
 	// at shutdown.
 	for _, v := range disks {

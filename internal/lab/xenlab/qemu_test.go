@@ -63,6 +63,9 @@ func TestQEMUBoot(t *testing.T) {
 	l.mustCall(&s0, "VDI.snapshot", vdi, map[string]any{})
 
 	l.mustCall(nil, "VM.start", vm, false, false)
+	if l.sameFile(vdi, s0) {
+		t.Error("the guest writes a disk that shares its file with a snapshot")
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	var console string
 	for !strings.Contains(console, "FERRY-BOOT-OK") {

@@ -97,6 +97,40 @@ func (s *Server) copyFile(ctx context.Context, src, dst string, progress func(fl
 	return w.Commit(ctx)
 }
 
+// shareFile makes dst a second name of the VHD at src (a hard link), or,
+// where the file system has no hard links (or the platform no link
+// count), a copy.
+func (s *Server) shareFile(ctx context.Context, src, dst string, progress func(float64)) error {
+	if !canShare {
+		return s.copyFile(ctx, src, dst, progress)
+	}
+	if err := os.Link(src, dst); err == nil {
+		if progress != nil {
+			progress(1)
+		}
+		return nil
+	}
+	return s.copyFile(ctx, src, dst, progress)
+}
+
+// unshare gives the VHD at path a file of its own if it shares one with
+// another VDI (see copyVDI), before something writes it in place.
+func (s *Server) unshare(ctx context.Context, path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if n, ok := linkCount(st); !ok || n < 2 {
+		return nil
+	}
+	tmp := path + ".unshare"
+	defer os.Remove(tmp)
+	if err := s.copyFile(ctx, path, tmp, nil); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
 // runSource yields runs of new data in ascending order: off, bytes.
 type runSource func(ctx context.Context) (int64, []byte, error)
 

@@ -172,8 +172,13 @@ func (s *Server) destroyVDILocked(v *object) {
 
 // copyVDI copies a VDI into a new one in the same SR: a snapshot
 // (is_a_snapshot, snapshot_of, CBT metadata carried over) or a clone.
-// The copy is a full sparse VHD, not a differencing child: every VDI file
-// stands alone. It returns the new VDI's reference.
+// The copy is not a differencing child: every VDI file stands alone. It
+// shares the source's file (a hard link) until either is written: the
+// lab writes a VDI by building a new file and renaming it into place,
+// which leaves the other link as it was, and a guest, the only writer in
+// place, gets a copy of its own before it starts (unshare). So a
+// snapshot takes no time and no space, as on a real pool. It returns the
+// new VDI's reference.
 func (s *Server) copyVDI(ctx context.Context, ref string, snapshot bool, name string, progress func(float64)) (string, error) {
 	s.mu.Lock()
 	v, err := s.db.get("VDI", ref)
@@ -200,7 +205,7 @@ func (s *Server) copyVDI(ctx context.Context, ref string, snapshot bool, name st
 	dst := filepath.Join(s.srDir(sr), uuid+".vhd")
 	s.mu.Unlock()
 
-	err = s.copyFile(ctx, src, dst, progress)
+	err = s.shareFile(ctx, src, dst, progress)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
