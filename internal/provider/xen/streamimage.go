@@ -38,7 +38,12 @@ type streamImage struct {
 	ctx    context.Context // the image's own: cancelled by Close
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// reading is set while one goroutine reads the stream (or opens it
+	// again) without holding mu; others that need the stream wait on
+	// moved, others whose data is kept copy it meanwhile.
+	reading  bool
+	moved    *sync.Cond // broadcast when reading clears
 	s        disk.Stream
 	pos      int64         // how far the current stream has been read
 	known    int64         // how far the stream's runs are known (max pos over every opening)
@@ -75,8 +80,23 @@ const lagSlack = 16 << 20
 
 func newStreamImage(name string, size int64, open func(context.Context) (disk.Stream, error)) *streamImage {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &streamImage{name: name, size: size, open: open, ctx: ctx, cancel: cancel,
+	im := &streamImage{name: name, size: size, open: open, ctx: ctx, cancel: cancel,
 		info: disk.Info{Filename: name, Format: "raw", VirtualSize: size}}
+	im.moved = sync.NewCond(&im.mu)
+	return im
+}
+
+// waitReaderLocked waits until no goroutine reads the stream, and reports
+// whether it had to: if so, the state the caller looked at may have
+// moved on, and it should look again.
+func (im *streamImage) waitReaderLocked() bool {
+	if !im.reading {
+		return false
+	}
+	for im.reading {
+		im.moved.Wait()
+	}
+	return true
 }
 
 // start opens the stream for the first time, on ctx (so that a caller's
@@ -110,6 +130,7 @@ func (im *streamImage) start(ctx context.Context) error {
 }
 
 func (im *streamImage) reopenLocked() error {
+	im.waitReaderLocked()
 	if im.closed {
 		return fmt.Errorf("%s: image is closed: %w", im.name, errs.ErrFailedPrecondition)
 	}
@@ -133,7 +154,13 @@ func (im *streamImage) reopenLocked() error {
 // step reads the next run of the stream. A run read for the first time
 // is kept (until read, or the memory budget runs out); a run read again
 // (after a reopen) is kept only from keepFrom on, the range asked for.
+// The stream is read without holding mu (it is released and taken again);
+// if another goroutine is reading it, step waits for that read instead
+// and returns nil: callers loop until the stream has moved far enough.
 func (im *streamImage) stepLocked(keepFrom int64) error {
+	if im.waitReaderLocked() {
+		return nil
+	}
 	if im.s == nil || im.pos >= im.size {
 		if im.known >= im.size {
 			return io.EOF
@@ -142,7 +169,23 @@ func (im *streamImage) stepLocked(keepFrom int64) error {
 			return err
 		}
 	}
-	off, p, err := im.s.Next(im.ctx)
+	// Read the next run with mu released: only this goroutine touches
+	// the stream until reading clears. The run is copied (if it may be
+	// kept) before the stream's buffer is reused by the next read.
+	s, known, keepAbove := im.s, im.known, keepFrom-lagSlack
+	im.reading = true
+	im.mu.Unlock()
+	off, p, err := s.Next(im.ctx)
+	var data []byte
+	if err == nil && len(p) > 0 && (off+int64(len(p)) > known || off+int64(len(p)) > keepAbove) {
+		data = slices.Clone(p)
+	}
+	im.mu.Lock()
+	im.reading = false
+	im.moved.Broadcast()
+	if im.closed {
+		return fmt.Errorf("%s: image is closed: %w", im.name, errs.ErrFailedPrecondition)
+	}
 	if errors.Is(err, io.EOF) {
 		im.pos = im.size
 		im.known = im.size
@@ -185,7 +228,7 @@ func (im *streamImage) stepLocked(keepFrom int64) error {
 		// waiting for, never dropped before it is read.
 		im.trimLocked()
 		s := max(off, keepFrom)
-		kr := keptRun{off: s, data: slices.Clone(p[s-off:])}
+		kr := keptRun{off: s, data: data[s-off:]}
 		i, _ := slices.BinarySearchFunc(im.kept, s, func(r keptRun, o int64) int { return cmpInt(r.off, o) })
 		im.kept = slices.Insert(im.kept, i, kr)
 		im.keptSize += end - s
@@ -308,9 +351,14 @@ func (im *streamImage) readRunLocked(p []byte, off int64) error {
 	reopened := 0
 	for pos < end {
 		if r := im.keptAtLocked(pos); r != nil {
+			// Copy with mu released: a kept run's data never changes,
+			// and stays valid after the run is dropped.
 			n := min(r.end(), end) - pos
-			copy(p[pos-off:pos-off+n], r.data[pos-r.off:])
+			src := r.data[pos-r.off : pos-r.off+n]
 			r.used += n
+			im.mu.Unlock()
+			copy(p[pos-off:pos-off+n], src)
+			im.mu.Lock()
 			pos += n
 			continue
 		}
@@ -320,6 +368,9 @@ func (im *streamImage) readRunLocked(p []byte, off int64) error {
 			clear(p[pos-off : next-off])
 			pos = next
 			continue
+		}
+		if im.waitReaderLocked() {
+			continue // the stream moved: look at the kept runs again
 		}
 		if im.s == nil || im.pos > pos {
 			// Behind the stream (or it ended): read it again.
