@@ -48,6 +48,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -253,6 +254,15 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*Provider, erro
 	}
 	if cfg.HTTPClient != nil {
 		opts = append(opts, config.WithHTTPClient(cfg.HTTPClient))
+	} else {
+		// Keep a connection for every block in flight (and some for the
+		// EC2 and S3 calls beside them): with the SDK's default of 10
+		// idle connections per host, parallel block transfers close and
+		// dial connections (with a TLS handshake each) all the time.
+		idle := 2 * max(cfg.Workers, 16)
+		opts = append(opts, config.WithHTTPClient(awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+			t.MaxIdleConnsPerHost = idle
+		})))
 	}
 	ac, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {

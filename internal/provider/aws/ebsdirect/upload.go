@@ -48,8 +48,10 @@ type UploadOptions struct {
 	// snapshot is gone or failed starts a new snapshot.
 	Resume *Checkpoint
 	// Save, if set, is called with a copy of the checkpoint after the
-	// snapshot is started, after every SaveEvery acknowledged blocks, and
-	// when the snapshot is completed. Calls are serialised. An error from
+	// snapshot is started, after every SaveEvery acknowledged blocks (if
+	// a Save is still under way then, after the next block acknowledged
+	// once it returns), and when the snapshot is completed. Calls are
+	// serialised; blocks are sent on while one runs. An error from
 	// Save stops the upload. Save is called with a context that is not
 	// cancelled with the upload's, so that the last blocks acknowledged
 	// before a cancellation are recorded.
@@ -152,7 +154,8 @@ type uploader struct {
 	o   UploadOptions
 	log *slog.Logger
 
-	mu      sync.Mutex // guards cp, res, unsaved and serialises Save
+	mu      sync.Mutex // guards cp, res and unsaved
+	saving  sync.Mutex // serialises Save; taken before mu, never while blocks wait on it
 	cp      Checkpoint
 	res     Result
 	unsaved int
@@ -290,17 +293,26 @@ func (u *uploader) start(ctx context.Context) error {
 
 // save hands a copy of the checkpoint to Save.
 func (u *uploader) save(ctx context.Context) error {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.saveLocked(ctx)
+	u.saving.Lock()
+	defer u.saving.Unlock()
+	return u.saveHeld(ctx)
 }
 
-func (u *uploader) saveLocked(ctx context.Context) error {
+// saveHeld is save with u.saving held. The checkpoint is copied under
+// u.mu and saved without it, so that blocks acknowledged meanwhile are
+// not held up by a slow Save.
+func (u *uploader) saveHeld(ctx context.Context) error {
+	u.mu.Lock()
 	u.unsaved = 0
+	var cp Checkpoint
+	if u.o.Save != nil {
+		cp = u.cp.Clone()
+	}
+	u.mu.Unlock()
 	if u.o.Save == nil {
 		return nil
 	}
-	if err := u.o.Save(context.WithoutCancel(ctx), u.cp.Clone()); err != nil {
+	if err := u.o.Save(context.WithoutCancel(ctx), cp); err != nil {
 		return fmt.Errorf("ebs upload: save checkpoint of snapshot %s: %w", u.cp.SnapshotID, err)
 	}
 	return nil
@@ -409,13 +421,17 @@ func (u *uploader) sendBlock(ctx context.Context, i int64, buf []byte, size int6
 		u.o.Sum(i, sum)
 	}
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	u.cp.Sent.Set(i)
 	u.res.BlocksSent++
 	u.res.BytesSent += BlockSize
 	u.unsaved++
-	if u.unsaved >= u.o.SaveEvery {
-		return u.saveLocked(ctx)
+	due := u.unsaved >= u.o.SaveEvery
+	u.mu.Unlock()
+	// A save under way holds blocks acknowledged before it; one of the
+	// blocks after it saves the rest.
+	if due && u.saving.TryLock() {
+		defer u.saving.Unlock()
+		return u.saveHeld(ctx)
 	}
 	return nil
 }
