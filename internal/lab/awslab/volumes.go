@@ -3,6 +3,7 @@ package awslab
 import (
 	"context"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"os"
 	"slices"
 	"strconv"
@@ -88,6 +89,9 @@ func (s *Server) startVolumeFillLocked(v *volume) {
 	})
 }
 
+// volumeWorkers is how many blocks writeVolumeFile moves at once.
+const volumeWorkers = 4
+
 // writeVolumeFile creates a volume's raw file from a block index.
 func (s *Server) writeVolumeFile(ctx context.Context, id string, size int64, x index) error {
 	f, err := s.tmpFile(id + "-*.raw")
@@ -105,21 +109,32 @@ func (s *Server) writeVolumeFile(ctx context.Context, id string, size int64, x i
 	if err := f.Truncate(size); err != nil {
 		return fmt.Errorf("volume %s: %w", id, err)
 	}
-	buf := s.blocks.buffer()
-	defer s.blocks.release(buf)
+	// Blocks are read (and their hashes checked) and written by a few
+	// goroutines at once: a block store read waits on the disk.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(volumeWorkers)
 	for _, e := range x {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if e.Index*blockSize >= size {
+		if e.Index*blockSize >= size || gctx.Err() != nil {
 			break
 		}
-		if err := s.blocks.read(e.Hash, buf); err != nil {
-			return fmt.Errorf("volume %s: %w", id, err)
-		}
-		if _, err := f.WriteAt(buf, e.Index*blockSize); err != nil {
-			return fmt.Errorf("volume %s: %w", id, err)
-		}
+		g.Go(func() error {
+			buf := s.blocks.buffer()
+			defer s.blocks.release(buf)
+			if err := s.blocks.read(e.Hash, buf); err != nil {
+				return fmt.Errorf("volume %s: %w", id, err)
+			}
+			n := min(blockSize, size-e.Index*blockSize)
+			if _, err := f.WriteAt(buf[:n], e.Index*blockSize); err != nil {
+				return fmt.Errorf("volume %s: %w", id, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("volume %s: %w", id, err)
