@@ -207,6 +207,16 @@ func TestSitesAndVMs(t *testing.T) {
 			t.Errorf("migration %v: %s", tt.body, r.body)
 		}
 	}
+	// A migration job is only queued with a plan the control plane made:
+	// arguments written by a client (a plan that skipped the checks) are
+	// refused.
+	crafted := map[string]any{"kind": "vm.migrate", "args": map[string]any{"plan": map[string]any{
+		"request": map[string]any{"source": "lab", "vm": "vm-0001", "target": "cloud"},
+		"source_kind": "xen", "target_kind": "aws", "disks": []map[string]any{{"name": "d", "size": 1 << 50, "target_size": 1 << 50}},
+	}}}
+	if r := e.want(400, "POST", "/api/v1/jobs", auth.Operator, crafted); !strings.Contains(r.env.Error.Message, "POST /api/v1/migrations") {
+		t.Errorf("crafted migration job: %s", r.body)
+	}
 	var test site.TestResult
 	e.want(200, "POST", "/api/v1/sites/lab/test", auth.Operator, nil).into(t, &test)
 	if test.Info.Kind != "fake" || test.Info.Version == "" {

@@ -73,6 +73,10 @@ type Kind[S any] struct {
 	// Result, if set, extracts the job's result from the final state;
 	// otherwise the result is the final state itself.
 	Result func(*S) any
+	// Planned kinds carry a plan that a service made and checked (a
+	// migration's): they are submitted only with SubmitOptions.Planned,
+	// never as arguments a client wrote (POST /api/v1/jobs).
+	Planned bool
 }
 
 // Env is what a running step may use besides its state.
@@ -168,6 +172,7 @@ type checkpoint struct {
 // runner is a Kind with its type parameter hidden.
 type runner interface {
 	stepNames() []string
+	planned() bool
 	// validate decodes args into S, validates it, and re-encodes it.
 	validate(args json.RawMessage) (json.RawMessage, error)
 	// run runs the steps from cp.Next, calling save after each.
@@ -178,6 +183,8 @@ type runner interface {
 }
 
 type kindRunner[S any] struct{ k Kind[S] }
+
+func (r *kindRunner[S]) planned() bool { return r.k.Planned }
 
 func (r *kindRunner[S]) stepNames() []string {
 	var out []string

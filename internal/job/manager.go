@@ -411,6 +411,9 @@ func (m *Manager) enqueue(ctx context.Context, id string, gen int64) error {
 type SubmitOptions struct {
 	// CreatedBy names who asked (a token name).
 	CreatedBy string
+	// Planned says the arguments are a plan the caller made (see
+	// Kind.Planned).
+	Planned bool
 }
 
 // Submit validates args against kind's state type and queues a new job.
@@ -419,12 +422,15 @@ func (m *Manager) Submit(ctx context.Context, kind string, args json.RawMessage,
 	if err != nil {
 		return Job{}, fmt.Errorf("submit: %w", errs.ErrInvalidArgument) // unknown kind is the caller's mistake
 	}
+	if o == nil {
+		o = &SubmitOptions{}
+	}
+	if r.planned() && !o.Planned {
+		return Job{}, fmt.Errorf("submit %s: its arguments are a plan the control plane makes (for a migration: POST /api/v1/migrations, ferry migrate), not arguments a client writes: %w", kind, errs.ErrInvalidArgument)
+	}
 	norm, err := r.validate(args)
 	if err != nil {
 		return Job{}, err
-	}
-	if o == nil {
-		o = &SubmitOptions{}
 	}
 	now := time.Now()
 	j := store.Job{ID: NewID(), Kind: kind, State: store.JobQueued, Generation: 1, Args: norm, CreatedBy: o.CreatedBy,

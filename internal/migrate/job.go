@@ -142,7 +142,8 @@ func toXen(s *State) bool { return s.Plan.TargetKind == provider.KindXen }
 // a Plan (see Planner.Plan).
 func (m *Migrator) Kind() job.Kind[State] {
 	return job.Kind[State]{
-		Name: KindName,
+		Name:    KindName,
+		Planned: true,
 		Validate: func(s *State) error {
 			p := s.Plan
 			switch {

@@ -260,7 +260,7 @@ func submit(t testing.TB, m *job.Manager, sites Sites, r Request) (Plan, job.Job
 		t.Fatal(err)
 	}
 	b, _ := jsonMarshal(State{Plan: plan})
-	j, err := m.Submit(t.Context(), KindName, b, nil)
+	j, err := m.Submit(t.Context(), KindName, b, &job.SubmitOptions{Planned: true})
 	if err != nil {
 		t.Fatal(err)
 	}

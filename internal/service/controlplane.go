@@ -256,7 +256,7 @@ func (c *ControlPlane) SubmitMigration(ctx context.Context, r migrate.Request, b
 	if err != nil {
 		return plan, job.Job{}, err
 	}
-	j, err := c.Jobs.Submit(ctx, migrate.KindName, b, &job.SubmitOptions{CreatedBy: by})
+	j, err := c.Jobs.Submit(ctx, migrate.KindName, b, &job.SubmitOptions{CreatedBy: by, Planned: true})
 	return plan, j, err
 }
 

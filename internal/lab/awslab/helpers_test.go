@@ -294,4 +294,3 @@ func compareImages(t *testing.T, a, b disk.Image) {
 		t.Fatalf("images differ at byte %d (sizes %d and %d)", res.Offset, res.SizeA, res.SizeB)
 	}
 }
-
