@@ -94,8 +94,14 @@
 // its record (labs made before read their blocks/<xx>/<sha256> files
 // still); a snapshot is an index file snapshots/<id>.idx of (block index,
 // hash) pairs. Blocks no index refers to are swept after a snapshot is
-// deleted: a pack left less than half live is compacted. Volumes are sparse raw files volumes/<id>.raw,
-// filled from their snapshot's blocks; CreateSnapshot stores a volume's
+// deleted: a pack left less than half live is compacted. On Linux packs
+// are read and written with direct I/O (O_DIRECT; ordinary I/O where the
+// file system refuses it) and grow in preallocated 64 MiB steps, so that
+// gigabytes of blocks written once do not fill the page cache of the
+// machine the lab shares with ferry and its guests, and concurrent block
+// writes do not serialise on extending the file. Volumes are sparse raw
+// files volumes/<id>.raw, filled from their snapshot's blocks;
+// CreateSnapshot stores a volume's
 // non-zero blocks. Lineage follows AWS: snapshots of one volume, of
 // volumes made from a snapshot, and EBS direct children of a parent share
 // one, and ListChangedBlocks compares only snapshots of one lineage.

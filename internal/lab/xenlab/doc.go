@@ -104,11 +104,15 @@
 //
 // VDI.create makes an empty dynamic VHD (sizes rounded up to 512 bytes,
 // at most 2040 GiB or VDI_TOO_LARGE). VDI.snapshot, VDI.clone, VDI.copy
-// and VM.snapshot copy the VHD: a snapshot is a full sparse copy, not a
-// differencing child, so that every VDI file stands alone and QEMU (whose
-// vpc driver reads no differencing VHDs) can boot any of them. Copies take
-// time and space in proportion to the allocated data, which is what a
-// lab needs.
+// and VM.snapshot give the new VDI the source's VHD: not a differencing
+// child, so that every VDI file stands alone and QEMU (whose vpc driver
+// reads no differencing VHDs) can boot any of them, but a second name of
+// the same file (a hard link) until either VDI is written. The lab writes
+// a VDI by building a new file and renaming it into place, which leaves
+// the other name's content as it was; a guest, which writes its disks in
+// place, gets a file of its own before QEMU starts. So a snapshot takes no
+// time and no space, as on a real pool; where the platform has no link
+// counts, it is a full sparse copy.
 //
 // GET /export_raw_vdi?session_id&vdi=REF|UUID&format=raw|vhd[&base=REF]
 // streams a VDI, written by the disk engine straight to the response:
