@@ -244,6 +244,12 @@ type Verification struct {
 // verify compares the checksums recorded for the source (reading the
 // source again for any block not recorded) with the target read back.
 // openSrc opens the source again only when needed.
+// blockSummer is an Image that hashed the blocks it read (EBS direct:
+// while checking each block against the checksum the service sent).
+type blockSummer interface {
+	BlockSum(i int64) ([sha256.Size]byte, bool)
+}
+
 func verify(ctx context.Context, name string, sums *blockSums, openSrc func(context.Context) (disk.Image, error), tgt disk.Image, workers int) (Verification, error) {
 	v := Verification{Disk: name, BlockSize: BlockSize, FirstMismatch: -1}
 	tgtBlocks, err := blockSet(ctx, tgt)
@@ -286,6 +292,11 @@ func verify(ctx context.Context, name string, sums *blockSums, openSrc func(cont
 		k, err := img.ReadAt(buf[:n], off)
 		if err != nil && !(errors.Is(err, io.EOF) && int64(k) == n) {
 			return [sha256.Size]byte{}, 0, err
+		}
+		if bs, ok := img.(blockSummer); ok && n == BlockSize {
+			if sum, ok := bs.BlockSum(i); ok {
+				return sum, n, nil // hashed as it was read, and checked
+			}
 		}
 		clear(buf[n:])
 		return sha256.Sum256(buf), n, nil

@@ -3,6 +3,7 @@ package ebsdirect
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"iter"
 	"slices"
@@ -425,4 +426,30 @@ func TestConcurrentReads(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestBlockSum: a block read whole and checked against the service's
+// checksum has its SHA-256 at hand; one not read has none.
+func TestBlockSum(t *testing.T) {
+	f := newFakeEBS()
+	pt := synth.MakePattern("sum", 8*MiB, 1, 4)
+	res, err := Upload(t.Context(), f, f, synth.Image{P: pt}, &UploadOptions{Retry: fastRetry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := Open(t.Context(), f, res.SnapshotID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	buf := make([]byte, BlockSize)
+	if _, err := img.ReadAt(buf, 3*BlockSize); err != nil {
+		t.Fatal(err)
+	}
+	if sum, ok := img.BlockSum(3); !ok || sum != sha256.Sum256(buf) {
+		t.Errorf("block 3 read: sum %x, %v; want the data's", sum[:4], ok)
+	}
+	if _, ok := img.BlockSum(5); ok {
+		t.Error("block 5, never read, has a sum")
+	}
 }

@@ -66,11 +66,13 @@ type Image struct {
 }
 
 type cached struct {
-	index int64
-	ready chan struct{}
-	data  []byte
-	err   error
-	elem  *list.Element
+	index  int64
+	ready  chan struct{}
+	data   []byte
+	sum    [sha256.Size]byte // data's SHA-256, if summed
+	summed bool              // the service sent a checksum, and data matched it
+	err    error
+	elem   *list.Element
 }
 
 var _ disk.Image = (*Image)(nil)
@@ -359,7 +361,7 @@ func (im *Image) get(ctx context.Context, b block) ([]byte, error) {
 	}
 	im.mu.Unlock()
 
-	c.data, c.err = im.fetch(ctx, b)
+	c.data, c.sum, c.summed, c.err = im.fetch(ctx, b)
 	close(c.ready)
 	if c.err != nil {
 		im.mu.Lock()
@@ -372,8 +374,33 @@ func (im *Image) get(ctx context.Context, b block) ([]byte, error) {
 	return c.data, c.err
 }
 
-func (im *Image) fetch(ctx context.Context, b block) ([]byte, error) {
+// BlockSum returns the SHA-256 of block i (BlockSize bytes from
+// i*BlockSize) as a read fetched it, if the service sent the block's
+// checksum and the data matched it, and the block is still cached: a
+// reader that wants the block's hash need not compute it again. ok is
+// false otherwise.
+func (im *Image) BlockSum(i int64) (sum [sha256.Size]byte, ok bool) {
+	im.mu.Lock()
+	c, found := im.cache[i]
+	im.mu.Unlock()
+	if !found {
+		return sum, false
+	}
+	select {
+	case <-c.ready:
+	default:
+		return sum, false // still being fetched
+	}
+	if c.err != nil || !c.summed {
+		return sum, false
+	}
+	return c.sum, true
+}
+
+func (im *Image) fetch(ctx context.Context, b block) ([]byte, [sha256.Size]byte, bool, error) {
 	var data []byte
+	var got [sha256.Size]byte
+	summed := false
 	err := im.o.Retry.Do(ctx, func(ctx context.Context) error {
 		out, err := im.api.GetSnapshotBlock(ctx, &ebs.GetSnapshotBlockInput{
 			SnapshotId: aws.String(im.id), BlockIndex: aws.Int32(int32(b.index)), BlockToken: aws.String(b.token),
@@ -398,16 +425,17 @@ func (im *Image) fetch(ctx context.Context, b block) ([]byte, error) {
 			if out.ChecksumAlgorithm != "" && out.ChecksumAlgorithm != ebstypes.ChecksumAlgorithmChecksumAlgorithmSha256 {
 				return fmt.Errorf("block %d: checksum algorithm %s: %w", b.index, out.ChecksumAlgorithm, errs.ErrUnimplemented)
 			}
-			got := sha256.Sum256(buf[:k])
+			got = sha256.Sum256(buf[:k])
 			if base64.StdEncoding.EncodeToString(got[:]) != sum {
 				return fmt.Errorf("block %d: data does not match its SHA-256 %s: %w", b.index, sum, errs.ErrDataLoss)
 			}
+			summed = true
 		}
 		data = buf[:k:k]
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("ebs %s: get block %d: %w", im.id, b.index, err)
+		return nil, got, false, fmt.Errorf("ebs %s: get block %d: %w", im.id, b.index, err)
 	}
-	return data, nil
+	return data, got, summed, nil
 }
