@@ -270,11 +270,23 @@ func (m *Migrator) snapshot(ctx context.Context, e *job.Env, s *State) error {
 	if err != nil {
 		return err
 	}
-	snap, err := src.(provider.Snapshotter).Snapshot(ctx, s.Plan.VM.ID, &provider.SnapshotOptions{
-		Name: "ferry migration " + e.JobID, Tags: map[string]string{"ferry:job": e.JobID},
-	})
-	if err != nil {
-		return err
+	opts := &provider.SnapshotOptions{Name: "ferry migration " + e.JobID, Tags: map[string]string{"ferry:job": e.JobID}}
+	var snap provider.Snapshot
+	found := false
+	if f, ok := src.(provider.SnapshotFinder); ok {
+		// A crash after the snapshot call and before the checkpoint: take
+		// up that snapshot rather than take another.
+		if snap, found, err = f.FindSnapshot(ctx, s.Plan.VM.ID, opts); err != nil {
+			return fmt.Errorf("look for the snapshot of an earlier run: %w", err)
+		}
+		if found {
+			e.Logger.Info("migration: taking up the source snapshot an earlier run took", "snapshot", snap.ID)
+		}
+	}
+	if !found {
+		if snap, err = src.(provider.Snapshotter).Snapshot(ctx, s.Plan.VM.ID, opts); err != nil {
+			return err
+		}
 	}
 	if len(snap.Disks) != len(s.Plan.Disks) {
 		return fmt.Errorf("the snapshot %s has %d disks, the plan %d: %w", snap.ID, len(snap.Disks), len(s.Plan.Disks), errs.ErrFailedPrecondition)

@@ -38,6 +38,7 @@ import (
 	"github.com/ferry-project/ferry/internal/provider/aws"
 	"github.com/ferry-project/ferry/internal/provider/xen"
 	"github.com/ferry-project/ferry/internal/store"
+	"github.com/ferry-project/ferry/internal/xapi"
 )
 
 const (
@@ -854,12 +855,61 @@ func TestRegisterAfterCrash(t *testing.T) {
 	if n := countVDIsTagged(t, x, env.JobID); n != 1 {
 		t.Fatalf("%d VDIs of the job, want 1", n)
 	}
+	// a source snapshot taken again finds the one the first run took,
+	// also when the crash came before it was tagged (found by its name)
+	vm, err := findVM(t.Context(), x, "api-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, untagged := range []bool{false, true} {
+		env.JobID = fmt.Sprintf("j-snap-%v", untagged)
+		sst := State{Plan: Plan{Request: Request{Source: "dc1", Target: "aws1"}, VM: vm, Disks: plan.Disks}}
+		if err := mig.snapshot(t.Context(), env, &sst); err != nil {
+			t.Fatal(err)
+		}
+		first := sst.SnapshotID
+		if untagged {
+			ref, err := x.Client().VM().GetByUUID(t.Context(), string(first))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := x.Client().VM().SetTags(t.Context(), ref, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sst.SnapshotID, sst.Disks, sst.Created = "", nil, nil
+		if err := mig.snapshot(t.Context(), env, &sst); err != nil || sst.SnapshotID != first || len(sst.Disks) != len(plan.Disks) {
+			t.Fatalf("snapshot again (untagged %v): %q, %v; want the first run's %q", untagged, sst.SnapshotID, err, first)
+		}
+		rec, err := x.Client().VM().GetRecord(t.Context(), mustRef(t, x, vm.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, sref := range rec.Snapshots {
+			if sr, err := x.Client().VM().GetRecord(t.Context(), sref); err == nil && slices.Contains(sr.Tags, "ferry:job="+env.JobID) {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%d snapshots of the job (untagged %v), want 1", n, untagged)
+		}
+	}
 	// another job's register does not take it
 	st2 := State{Plan: plan, Disks: st.Disks}
 	env.JobID = "j-someone-else"
 	if err := mig.register(t.Context(), env, &st2); err == nil && st2.Image == r.Image {
 		t.Fatal("another job took up this job's image")
 	}
+}
+
+func mustRef(t *testing.T, x *xen.Provider, id core.VMID) xapi.VMRef {
+	t.Helper()
+	ref, err := x.Client().VM().GetByUUID(t.Context(), string(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
 }
 
 func countVDIsTagged(t *testing.T, x *xen.Provider, jobID string) int {

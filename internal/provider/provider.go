@@ -113,6 +113,17 @@ type Snapshotter interface {
 	DeleteSnapshot(ctx context.Context, id core.SnapshotID) error
 }
 
+// SnapshotFinder finds a snapshot taken earlier with the same options:
+// a step that a crash cut off after its Snapshot call, run again, takes up
+// the snapshot instead of taking a second one. It matches a snapshot of
+// VM id carrying every one of o.Tags, or (where the site tags a snapshot
+// after making it) named o.Name, which the caller makes unique; found is
+// false when there is none, or only part of one (some disks). A snapshot
+// found by name gets its tags.
+type SnapshotFinder interface {
+	FindSnapshot(ctx context.Context, id core.VMID, o *SnapshotOptions) (s Snapshot, found bool, err error)
+}
+
 // DiskExporter opens a disk (usually a snapshot's) as an Image. With a
 // non-empty base, the Image's Extents report only the blocks that changed
 // since the base snapshot's disk (everything else Unallocated), and ReadAt

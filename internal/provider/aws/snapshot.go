@@ -88,6 +88,68 @@ func (p *Provider) Snapshot(ctx context.Context, id core.VMID, o *provider.Snaps
 	return snap, nil
 }
 
+// FindSnapshot finds the EBS snapshots of every volume of instance id that
+// carry all of o.Tags (EC2 tags a snapshot as it makes it, so the name is
+// not needed), the newest per volume, and waits for them to complete. A
+// set missing a volume is not found. See provider.SnapshotFinder.
+func (p *Provider) FindSnapshot(ctx context.Context, id core.VMID, o *provider.SnapshotOptions) (provider.Snapshot, bool, error) {
+	if o == nil || len(o.Tags) == 0 {
+		return provider.Snapshot{}, false, fmt.Errorf("aws: find a snapshot of %s: no tags to find it by: %w", id, errs.ErrInvalidArgument)
+	}
+	inst, err := p.describeInstance(ctx, string(id))
+	if err != nil {
+		return provider.Snapshot{}, false, err
+	}
+	vols, err := p.volumesOf(ctx, []ec2types.Instance{inst})
+	if err != nil {
+		return provider.Snapshot{}, false, err
+	}
+	vm := p.vmOf(ctx, inst, vols)
+	if len(vm.Disks) == 0 {
+		return provider.Snapshot{}, false, nil
+	}
+	in := &ec2.DescribeSnapshotsInput{OwnerIds: []string{"self"}}
+	var volIDs []string
+	for _, d := range vm.Disks {
+		volIDs = append(volIDs, string(d.ID))
+	}
+	in.Filters = append(in.Filters, ec2types.Filter{Name: aws.String("volume-id"), Values: volIDs})
+	for k, v := range o.Tags {
+		in.Filters = append(in.Filters, ec2types.Filter{Name: aws.String("tag:" + k), Values: []string{v}})
+	}
+	found, err := p.describeSnapshots(ctx, in)
+	if err != nil {
+		return provider.Snapshot{}, false, err
+	}
+	newest := map[string]SnapshotInfo{}
+	for _, s := range found {
+		if s.State == string(ec2types.SnapshotStateError) {
+			continue
+		}
+		if cur, ok := newest[s.VolumeID]; !ok || s.StartTime.After(cur.StartTime) {
+			newest[s.VolumeID] = s
+		}
+	}
+	snap := provider.Snapshot{VM: id}
+	var ids []string
+	for _, d := range vm.Disks {
+		s, ok := newest[string(d.ID)]
+		if !ok {
+			return provider.Snapshot{}, false, nil
+		}
+		ids = append(ids, s.ID)
+		d.ID = core.DiskID(s.ID)
+		snap.Disks = append(snap.Disks, d)
+	}
+	for _, sid := range ids {
+		if err := ebsdirect.WaitCompleted(ctx, p.ec2, sid, p.cfg.PollEvery, p.cfg.PollMax); err != nil {
+			return provider.Snapshot{}, false, fmt.Errorf("aws: snapshot of %s found: %w", id, err)
+		}
+	}
+	snap.ID = core.SnapshotID(strings.Join(ids, ","))
+	return snap, true, nil
+}
+
 // CreateSnapshots snapshots every EBS volume of an instance at once and
 // returns the snapshot IDs by volume ID. It does not wait for completion.
 func (p *Provider) CreateSnapshots(ctx context.Context, instanceID, description string, tags map[string]string) (map[string]string, error) {

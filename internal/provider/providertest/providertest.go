@@ -25,7 +25,9 @@
 //   - Snapshot (Snapshotter, DiskExporter): a snapshot's disks read back as
 //     the VM's; with ChangedBlocks, the changes between two snapshots read
 //     as the later one wherever they report data; a deleted snapshot's
-//     disks are gone, and deleting it again is NotFound.
+//     disks are gone, and deleting it again is NotFound; with
+//     SnapshotFinder, a snapshot is found again by its options (not by
+//     others', not once deleted).
 //   - NotFound: unknown VM, snapshot and disk IDs give errs.NotFound.
 //   - Cancelled: a cancelled context stops every call with errs.Canceled,
 //     and an import cancelled half way leaves no VM behind.
@@ -518,7 +520,8 @@ func (s *suite) testSnapshot(t *testing.T) {
 	}
 	ctx := t.Context()
 	vm, _ := s.vmByID(ctx, t, s.vm)
-	snap, err := snapper.Snapshot(ctx, s.vm, &provider.SnapshotOptions{Name: "ferry-conformance-snap", Tags: map[string]string{"ferry_job": "conformance"}})
+	opts := &provider.SnapshotOptions{Name: "ferry-conformance-snap", Tags: map[string]string{"ferry_job": "conformance"}}
+	snap, err := snapper.Snapshot(ctx, s.vm, opts)
 	if err != nil {
 		t.Fatalf("Snapshot: %v", err)
 	}
@@ -539,6 +542,18 @@ func (s *suite) testSnapshot(t *testing.T) {
 	// Snapshots are not VMs.
 	if _, ok := s.vmByID(ctx, t, core.VMID(snap.ID)); ok {
 		t.Errorf("snapshot %s is listed as a VM", snap.ID)
+	}
+	// Found again by its options (a step run again after a crash).
+	finder, canFind := s.p.(provider.SnapshotFinder)
+	if canFind {
+		got, found, err := finder.FindSnapshot(ctx, s.vm, opts)
+		if err != nil || !found || got.ID != snap.ID || !slices.EqualFunc(got.Disks, snap.Disks, func(a, b core.Disk) bool { return a.ID == b.ID }) {
+			t.Errorf("FindSnapshot = %+v, %v, %v; want %+v", got, found, err, snap)
+		}
+		other := &provider.SnapshotOptions{Name: "ferry-conformance-other", Tags: map[string]string{"ferry_job": "other"}}
+		if got, found, err := finder.FindSnapshot(ctx, s.vm, other); err != nil || found {
+			t.Errorf("FindSnapshot(other tags) = %+v, %v, %v; want none", got, found, err)
+		}
 	}
 	exp, ok := s.p.(provider.DiskExporter)
 	if ok && s.o.Content != nil {
@@ -570,6 +585,11 @@ func (s *suite) testSnapshot(t *testing.T) {
 	}
 	if err := snapper.DeleteSnapshot(ctx, snap.ID); !errs.Is(err, errs.NotFound) {
 		t.Errorf("DeleteSnapshot again: %v, want NotFound", err)
+	}
+	if canFind {
+		if got, found, err := finder.FindSnapshot(ctx, s.vm, opts); err != nil || found {
+			t.Errorf("FindSnapshot after DeleteSnapshot = %+v, %v, %v; want none", got, found, err)
+		}
 	}
 }
 

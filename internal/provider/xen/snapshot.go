@@ -68,6 +68,49 @@ func (p *Provider) Snapshot(ctx context.Context, id core.VMID, o *provider.Snaps
 	return provider.Snapshot{ID: core.SnapshotID(srec.UUID), VM: id, Disks: disks}, nil
 }
 
+// FindSnapshot finds the snapshot of VM id that carries all of o.Tags, or
+// is named o.Name (a crash between VM.snapshot and tagging it leaves it
+// untagged: it gets its tags now). See provider.SnapshotFinder.
+func (p *Provider) FindSnapshot(ctx context.Context, id core.VMID, o *provider.SnapshotOptions) (provider.Snapshot, bool, error) {
+	if o == nil || (len(o.Tags) == 0 && o.Name == "") {
+		return provider.Snapshot{}, false, fmt.Errorf("xen: find a snapshot of VM %s: no name or tags to find it by: %w", id, errs.ErrInvalidArgument)
+	}
+	_, rec, err := p.vmByID(ctx, id)
+	if err != nil {
+		return provider.Snapshot{}, false, err
+	}
+	want := formatTags(o.Tags)
+	for _, ref := range rec.Snapshots {
+		srec, err := p.c.VM().GetRecord(ctx, ref)
+		if errs.Is(err, errs.NotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return provider.Snapshot{}, false, fmt.Errorf("xen: find a snapshot of VM %s: %w", id, err)
+		}
+		tagged := len(want) > 0
+		for _, t := range want {
+			tagged = tagged && slices.Contains(srec.Tags, t)
+		}
+		if !tagged && (o.Name == "" || srec.NameLabel != o.Name) {
+			continue
+		}
+		for _, t := range want {
+			if !slices.Contains(srec.Tags, t) {
+				if err := p.c.VM().AddTags(ctx, ref, t); err != nil {
+					return provider.Snapshot{}, false, fmt.Errorf("xen: tag snapshot %s of VM %s: %w", srec.UUID, id, err)
+				}
+			}
+		}
+		disks, err := p.disksOfVBDs(ctx, srec.VBDs)
+		if err != nil {
+			return provider.Snapshot{}, false, fmt.Errorf("xen: snapshot %s of VM %s: %w", srec.UUID, id, err)
+		}
+		return provider.Snapshot{ID: core.SnapshotID(srec.UUID), VM: id, Disks: disks}, true, nil
+	}
+	return provider.Snapshot{}, false, nil
+}
+
 // enableCBT turns changed block tracking on for the VDIs of a VM's disks
 // that lack it.
 func (p *Provider) enableCBT(ctx context.Context, vbds []xapi.VBDRef) error {
