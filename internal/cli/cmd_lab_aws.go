@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -40,11 +41,16 @@ instance boots its root volume under TCG and GetConsoleOutput returns its
 serial console.
 
 With no keys given and none stored in DIR, a pair is generated and printed
-once. Point a client at the endpoint with path-style S3 addressing, e.g.
+once. $FERRY_LAB_AWS_SECRET_KEY stands for --secret-key and keeps the secret
+off the command line. Point a client at the endpoint with path-style S3
+addressing, e.g.
   aws --endpoint-url http://ADDR ec2 describe-instances
 The server stops cleanly on interrupt.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.secretKey == "" {
+				o.secretKey = os.Getenv(envLabAWSSecret)
+			}
 			if (o.accessKey == "") != (o.secretKey == "") {
 				return fmt.Errorf("--access-key and --secret-key go together: %w", errs.ErrInvalidArgument)
 			}

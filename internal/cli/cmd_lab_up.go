@@ -169,15 +169,24 @@ func (l *lab) listen(part string) string {
 
 func (l *lab) url(part string) string { return "http://" + l.listen(part) }
 
-// args are the command line of a part (after the executable's name).
+// The lab servers take their secrets from the environment, which only
+// their user can read (/proc/PID/environ), not from the command line,
+// which everyone can (ps).
+const (
+	envLabXenUser   = "FERRY_LAB_XEN_USER"
+	envLabAWSSecret = "FERRY_LAB_AWS_SECRET_KEY"
+)
+
+// args are the command line of a part (after the executable's name); env
+// is what its environment adds.
 func (l *lab) args(part string, noQEMU bool) []string {
 	var a []string
 	switch part {
 	case labXen:
-		a = []string{"lab", "xen", "--data", l.path("xen"), "--listen", l.st.XenListen, "--user", labXenUser + ":" + l.st.XenPassword}
+		a = []string{"lab", "xen", "--data", l.path("xen"), "--listen", l.st.XenListen}
 	case labAWS:
 		a = []string{"lab", "aws", "--data", l.path("aws"), "--listen", l.st.AWSListen,
-			"--access-key", l.st.AWSAccessKey, "--secret-key", l.st.AWSSecretKey, "--region", l.st.Region}
+			"--access-key", l.st.AWSAccessKey, "--region", l.st.Region}
 	case labControl:
 		return []string{"serve", "--data", l.path("control"), "--database=", "--listen", l.st.Listen}
 	}
@@ -185,6 +194,16 @@ func (l *lab) args(part string, noQEMU bool) []string {
 		a = append(a, "--no-qemu")
 	}
 	return a
+}
+
+func (l *lab) env(part string) []string {
+	switch part {
+	case labXen:
+		return []string{envLabXenUser + "=" + labXenUser + ":" + l.st.XenPassword}
+	case labAWS:
+		return []string{envLabAWSSecret + "=" + l.st.AWSSecretKey}
+	}
+	return nil
 }
 
 // running returns the record of part when its process still runs (the
@@ -273,6 +292,7 @@ func (l *lab) start(part string, noQEMU bool) (p labProc, logOffset int64, exite
 	}
 	fmt.Fprintf(logf, "---- %s: ferry lab up starts the %s\n", time.Now().Format(time.RFC3339), labTitle(part))
 	cmd := exec.Command(self, l.args(part, noQEMU)...)
+	cmd.Env = append(os.Environ(), l.env(part)...)
 	cmd.Dir = l.dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

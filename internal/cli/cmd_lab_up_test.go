@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -112,6 +113,21 @@ func TestLabUpDown(t *testing.T) {
 			}
 			state, _ := os.ReadFile(filepath.Join(dir, "lab.json"))
 			token, _ := os.ReadFile(filepath.Join(dir, "token"))
+			// The lab's secrets are not on any command line (ps shows those
+			// to everyone).
+			var st labState
+			if err := json.Unmarshal(state, &st); err != nil || st.XenPassword == "" || st.AWSSecretKey == "" {
+				t.Fatalf("lab.json: %v %+v", err, st)
+			}
+			for part, p := range procs {
+				cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if bytes.Contains(cmdline, []byte(st.XenPassword)) || bytes.Contains(cmdline, []byte(st.AWSSecretKey)) {
+					t.Errorf("the %s's command line holds a lab secret: %q", part, cmdline)
+				}
+			}
 
 			// Up while everything runs starts nothing.
 			out = mustRun(t, []string{"control plane  running"}, up...)

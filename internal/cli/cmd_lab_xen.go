@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -34,10 +35,15 @@ boots a VM's bootable disk under TCG and GET /console?vm=REF (a lab-only
 extension) returns its serial console.
 
 With no --user and no user stored in DIR, a user "root" is generated and its
-password printed once. The server stops cleanly on interrupt.`,
+password printed once. $FERRY_LAB_XEN_USER (NAME:PASSWORD) stands for --user
+and keeps the password off the command line. The server stops cleanly on
+interrupt.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			users := map[string]string{}
+			if len(o.users) == 0 && os.Getenv(envLabXenUser) != "" {
+				o.users = []string{os.Getenv(envLabXenUser)}
+			}
 			for _, u := range o.users {
 				name, pw, ok := strings.Cut(u, ":")
 				if !ok || name == "" {
