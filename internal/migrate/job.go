@@ -648,6 +648,13 @@ func (m *Migrator) createVM(ctx context.Context, e *job.Env, s *State) error {
 		spec.NICs = append(spec.NICs, core.NICSpec{Name: src, Network: src})
 		nets[src] = n.Target
 	}
+	// VM.create and the attachments after it are not idempotent: a VM a
+	// crash cut off before the checkpoint goes first (its disks stay).
+	if n, err := x.DiscardVMs(ctx, map[string]string{"ferry:job": e.JobID}); err != nil {
+		return err
+	} else if n > 0 {
+		e.Logger.Warn("migration: removed the VM an earlier run of this step left", "vms", n)
+	}
 	id, err := x.CreateVM(ctx, spec, disks, nets, tags)
 	if err != nil {
 		return err

@@ -855,6 +855,28 @@ func TestRegisterAfterCrash(t *testing.T) {
 	if n := countVDIsTagged(t, x, env.JobID); n != 1 {
 		t.Fatalf("%d VDIs of the job, want 1", n)
 	}
+	// a VM created again for a job replaces the one an earlier run left,
+	// and keeps the job's VDI; a VM of the job that runs is not touched
+	xst.Plan.VM = core.VM{ID: "vm-src", CPUs: 1, MemoryBytes: 256 << 20}
+	var vms []core.VMID
+	for range 2 {
+		xst.TargetVM = ""
+		if err := mig.createVM(t.Context(), env, &xst); err != nil {
+			t.Fatal(err)
+		}
+		vms = append(vms, xst.TargetVM)
+	}
+	if vms[0] == vms[1] || countVMsTagged(t, x, env.JobID) != 1 || countVDIsTagged(t, x, env.JobID) != 1 {
+		t.Fatalf("create VM twice: VMs %v, %d of the job left (want 1), %d VDIs", vms, countVMsTagged(t, x, env.JobID), countVDIsTagged(t, x, env.JobID))
+	}
+	if err := x.PowerVM(t.Context(), vms[1], provider.Start); err != nil {
+		t.Fatal(err)
+	}
+	xst.TargetVM = ""
+	if err := mig.createVM(t.Context(), env, &xst); !errs.Is(err, errs.FailedPrecondition) {
+		t.Fatalf("create VM again beside the job's running VM: %v, want FailedPrecondition", err)
+	}
+	x.PowerVM(t.Context(), vms[1], provider.Stop)
 	// a source snapshot taken again finds the one the first run took,
 	// also when the crash came before it was tagged (found by its name)
 	vm, err := findVM(t.Context(), x, "api-1")
@@ -910,6 +932,21 @@ func mustRef(t *testing.T, x *xen.Provider, id core.VMID) xapi.VMRef {
 		t.Fatal(err)
 	}
 	return ref
+}
+
+func countVMsTagged(t *testing.T, x *xen.Provider, jobID string) int {
+	t.Helper()
+	recs, err := x.Client().VM().GetAllRecords(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range recs {
+		if !r.IsASnapshot && !r.IsATemplate && slices.Contains(r.Tags, "ferry:job="+jobID) {
+			n++
+		}
+	}
+	return n
 }
 
 func countVDIsTagged(t *testing.T, x *xen.Provider, jobID string) int {

@@ -98,6 +98,45 @@ func (p *Provider) DestroyDisk(ctx context.Context, d core.DiskID) error {
 	return nil
 }
 
+// DiscardVMs destroys the VMs (not snapshots or templates) that carry all
+// of tags, keeping their disks: XAPI's VM.destroy removes a VM's VBDs and
+// VIFs, never its VDIs. A caller that creates a VM with CreateVM and
+// records it only once CreateVM returns calls it first, so that the VM a
+// crash cut off (perhaps half attached) is not left beside the new one.
+// A VM that is not halted is refused (FailedPrecondition): something uses
+// it. It returns how many it destroyed.
+func (p *Provider) DiscardVMs(ctx context.Context, tags map[string]string) (int, error) {
+	if len(tags) == 0 {
+		return 0, fmt.Errorf("xen: discard VMs: no tags to find them by: %w", errs.ErrInvalidArgument)
+	}
+	recs, err := p.c.VM().GetAllRecords(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("xen: discard VMs tagged %v: %w", tags, err)
+	}
+	n := 0
+next:
+	for ref, r := range recs {
+		if !isVM(&r) {
+			continue
+		}
+		have := parseTags(r.Tags)
+		for k, v := range tags {
+			if have[k] != v {
+				continue next
+			}
+		}
+		if r.PowerState != xapi.VMPowerStateHalted {
+			return n, fmt.Errorf("xen: discard VM %s tagged %v: it is %s: %w", r.UUID, tags, r.PowerState, errs.ErrFailedPrecondition)
+		}
+		if err := p.c.VM().Destroy(ctx, ref); err != nil && !errs.Is(err, errs.NotFound) {
+			return n, fmt.Errorf("xen: discard VM %s: %w", r.UUID, err)
+		}
+		p.log.Info("xen: discarded a VM an earlier run left", "vm_id", r.UUID, "tags", tags)
+		n++
+	}
+	return n, nil
+}
+
 // CreateVM creates a halted VM from spec over existing VDIs (disks[i], by
 // UUID, is spec.Disks[i]), with its NICs on the networks the mapping
 // gives (as ImportVM). On failure it removes the VM it made but never the
