@@ -155,3 +155,21 @@ func TestBlockStoreCrash(t *testing.T) {
 		t.Errorf("pack 0 after close is %d bytes, want the %d in use", fi.Size(), 2*blockSize)
 	}
 }
+
+// TestBlockStoreUnaligned: blocks given and read in buffers that are not
+// aligned for direct I/O go through an aligned copy.
+func TestBlockStoreUnaligned(t *testing.T) {
+	st := &blockStore{dir: t.TempDir()}
+	defer st.close()
+	in := make([]byte, blockSize+1)[1:]
+	copy(in, testBlock(6))
+	h, err := st.put(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, blockSize+3)[3:]
+	if err := st.read(h, out); err != nil || !bytes.Equal(out, testBlock(6)) {
+		t.Fatalf("read back: %v", err)
+	}
+	t.Logf("direct I/O: %v", st.packs[0].direct)
+}
