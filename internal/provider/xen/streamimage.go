@@ -599,10 +599,16 @@ func (im *streamImage) Close() error {
 		return nil
 	}
 	im.closed = true
+	im.mu.Unlock()
+	// A goroutine reading the stream (without mu) returns once the
+	// image's context is cancelled; the stream is closed after it, never
+	// under it.
+	im.cancel()
+	im.mu.Lock()
+	im.waitReaderLocked()
 	s := im.s
 	im.s, im.kept, im.seen = nil, nil, nil
 	im.mu.Unlock()
-	im.cancel()
 	if s != nil {
 		s.Close()
 	}

@@ -362,3 +362,64 @@ func TestStreamImageMapped(t *testing.T) {
 		t.Errorf("the stream was opened %d times", n)
 	}
 }
+
+// stallStream sends one run, then stalls (a network read that hangs) until
+// its context ends; it records a Close that came while Next ran.
+type stallStream struct {
+	runStream
+	stalled      chan struct{}
+	inNext       atomic.Bool
+	closedInNext atomic.Bool
+	once         sync.Once
+}
+
+func (s *stallStream) Next(ctx context.Context) (int64, []byte, error) {
+	s.inNext.Store(true)
+	defer s.inNext.Store(false)
+	if s.i == 0 {
+		return s.runStream.Next(ctx)
+	}
+	s.once.Do(func() { close(s.stalled) })
+	<-ctx.Done()
+	return 0, nil, ctx.Err()
+}
+
+func (s *stallStream) Close() error {
+	if s.inNext.Load() {
+		s.closedInNext.Store(true)
+	}
+	return nil
+}
+
+// TestStreamImageCloseWhileReading: Close while a reader waits on the
+// stream (read without the image's lock) ends that read and every reader
+// waiting behind it, and closes the stream only after its read returned.
+func TestStreamImageCloseWhileReading(t *testing.T) {
+	pt := testPattern()
+	st := &stallStream{runStream: *newRunStream(pt, 1<<20), stalled: make(chan struct{})}
+	im := newStreamImage("stall", pt.Size, func(context.Context) (disk.Stream, error) { return st, nil })
+	if err := im.start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	for i := range 4 {
+		wg.Go(func() {
+			buf := make([]byte, 64<<10)
+			_, err := im.ReadAt(buf, int64(i+2)<<20) // beyond the first run: all need the stalled read
+			errc <- err
+		})
+	}
+	<-st.stalled
+	im.Close()
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err == nil {
+			t.Error("a read of a closed image succeeded")
+		}
+	}
+	if st.closedInNext.Load() {
+		t.Error("the stream was closed while a read of it ran")
+	}
+}
