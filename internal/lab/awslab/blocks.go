@@ -398,8 +398,8 @@ func (b *blockStore) sweep(live map[hash]bool) (int, error) {
 	defer b.release(buf)
 	for pn := range b.packs {
 		pk := b.packs[pn]
-		if pn == b.cur || livePerPack[pn]*blockSize*2 >= pk.end {
-			continue
+		if pn == b.cur || (pk.end > 0 && livePerPack[pn]*blockSize*2 >= pk.end) {
+			continue // current, or at least half live (a pack with no block recorded goes)
 		}
 		// Move the live blocks out (gc is held: nothing else writes).
 		for h, l := range b.locs {

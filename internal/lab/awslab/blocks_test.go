@@ -173,3 +173,40 @@ func TestBlockStoreUnaligned(t *testing.T) {
 	}
 	t.Logf("direct I/O: %v", st.packs[0].direct)
 }
+
+// TestBlockStoreSweepUnrecorded: a pack that holds only blocks never
+// recorded (a crash) is removed by a sweep.
+func TestBlockStoreSweepUnrecorded(t *testing.T) {
+	dir := t.TempDir()
+	st := &blockStore{dir: dir}
+	st.mu.Lock()
+	if err := st.openLocked(); err != nil {
+		t.Fatal(err)
+	}
+	l, pk, err := st.placeLocked()
+	st.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pk.writeAt(st, testBlock(4), l.off); err != nil {
+		t.Fatal(err)
+	}
+	st.mu.Lock()
+	pk.end = packSize // the next block goes to a new pack
+	st.mu.Unlock()
+	if _, err := st.put(testBlock(5)); err != nil {
+		t.Fatal(err)
+	}
+	re := &blockStore{dir: dir} // the first is never closed: a crash
+	defer re.close()
+	if _, err := re.sweep(map[hash]bool{hash(sha256.Sum256(testBlock(5))): true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(re.packPath(0)); !os.IsNotExist(err) {
+		t.Errorf("the pack with no recorded block is still there: %v", err)
+	}
+	buf := make([]byte, blockSize)
+	if err := re.read(hash(sha256.Sum256(testBlock(5))), buf); err != nil {
+		t.Errorf("the live block after the sweep: %v", err)
+	}
+}
