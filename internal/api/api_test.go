@@ -211,7 +211,7 @@ func TestSitesAndVMs(t *testing.T) {
 	// arguments written by a client (a plan that skipped the checks) are
 	// refused.
 	crafted := map[string]any{"kind": "vm.migrate", "args": map[string]any{"plan": map[string]any{
-		"request": map[string]any{"source": "lab", "vm": "vm-0001", "target": "cloud"},
+		"request":     map[string]any{"source": "lab", "vm": "vm-0001", "target": "cloud"},
 		"source_kind": "xen", "target_kind": "aws", "disks": []map[string]any{{"name": "d", "size": 1 << 50, "target_size": 1 << 50}},
 	}}}
 	if r := e.want(400, "POST", "/api/v1/jobs", auth.Operator, crafted); !strings.Contains(r.env.Error.Message, "POST /api/v1/migrations") {
