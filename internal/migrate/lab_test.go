@@ -79,6 +79,25 @@ type labs struct {
 	importsDone          int // import_raw_vdi calls that succeeded
 }
 
+// waitRelease holds a request until the test releases the labs; false if
+// the client went away first.
+func (l *labs) waitRelease(r *http.Request) bool {
+	select {
+	case <-l.release:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+// serveLabelled serves r with h, its goroutine labelled side=side for CPU
+// profiles, and returns the response's status.
+func serveLabelled(h http.Handler, side string, w http.ResponseWriter, r *http.Request) int {
+	sw := &statusWriter{ResponseWriter: w, status: 200}
+	pprof.Do(r.Context(), pprof.Labels("side", side), func(context.Context) { h.ServeHTTP(sw, r) })
+	return sw.status
+}
+
 func newLabs(t testing.TB) *labs {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
@@ -102,17 +121,12 @@ func newLabs(t testing.TB) *labs {
 				close(l.importsHeld)
 			}
 			l.mu.Unlock()
-			if wait {
-				select {
-				case <-l.release:
-				case <-r.Context().Done():
-					return
-				}
+			if wait && !l.waitRelease(r) {
+				return
 			}
 		}
-		sw := &statusWriter{ResponseWriter: w, status: 200}
-		pprof.Do(r.Context(), pprof.Labels("side", "xenlab"), func(context.Context) { xhh.ServeHTTP(sw, r) })
-		if r.URL.Path == "/import_raw_vdi" && sw.status < 300 {
+		status := serveLabelled(xhh, "xenlab", w, r)
+		if r.URL.Path == "/import_raw_vdi" && status < 300 {
 			l.mu.Lock()
 			l.importsDone++
 			l.mu.Unlock()
@@ -125,17 +139,12 @@ func newLabs(t testing.TB) *labs {
 			l.mu.Lock()
 			wait := l.hold > 0 && l.held >= l.hold
 			l.mu.Unlock()
-			if wait {
-				select {
-				case <-l.release:
-				case <-r.Context().Done():
-					return
-				}
+			if wait && !l.waitRelease(r) {
+				return
 			}
 		}
-		sw := &statusWriter{ResponseWriter: w, status: 200}
-		pprof.Do(r.Context(), pprof.Labels("side", "awslab"), func(context.Context) { ah.ServeHTTP(sw, r) })
-		if isPut && sw.status < 300 {
+		status := serveLabelled(ah, "awslab", w, r)
+		if isPut && status < 300 {
 			l.mu.Lock()
 			l.puts[r.URL.Path]++
 			l.putBytes += r.ContentLength

@@ -27,15 +27,10 @@ func (p *Provider) Snapshot(ctx context.Context, id core.VMID, o *provider.Snaps
 	if o == nil {
 		o = &provider.SnapshotOptions{}
 	}
-	inst, err := p.describeInstance(ctx, string(id))
+	vm, err := p.instanceVM(ctx, id)
 	if err != nil {
 		return provider.Snapshot{}, err
 	}
-	vols, err := p.volumesOf(ctx, []ec2types.Instance{inst})
-	if err != nil {
-		return provider.Snapshot{}, err
-	}
-	vm := p.vmOf(ctx, inst, vols)
 	if len(vm.Disks) == 0 {
 		return provider.Snapshot{}, fmt.Errorf("aws: snapshot %s: the instance has no EBS volume: %w", id, errs.ErrFailedPrecondition)
 	}
@@ -88,6 +83,19 @@ func (p *Provider) Snapshot(ctx context.Context, id core.VMID, o *provider.Snaps
 	return snap, nil
 }
 
+// instanceVM describes instance id as a VM, its EBS volumes its disks.
+func (p *Provider) instanceVM(ctx context.Context, id core.VMID) (core.VM, error) {
+	inst, err := p.describeInstance(ctx, string(id))
+	if err != nil {
+		return core.VM{}, err
+	}
+	vols, err := p.volumesOf(ctx, []ec2types.Instance{inst})
+	if err != nil {
+		return core.VM{}, err
+	}
+	return p.vmOf(ctx, inst, vols), nil
+}
+
 // FindSnapshot finds the EBS snapshots of every volume of instance id that
 // carry all of o.Tags (EC2 tags a snapshot as it makes it, so the name is
 // not needed), the newest per volume, and waits for them to complete. A
@@ -96,15 +104,10 @@ func (p *Provider) FindSnapshot(ctx context.Context, id core.VMID, o *provider.S
 	if o == nil || len(o.Tags) == 0 {
 		return provider.Snapshot{}, false, fmt.Errorf("aws: find a snapshot of %s: no tags to find it by: %w", id, errs.ErrInvalidArgument)
 	}
-	inst, err := p.describeInstance(ctx, string(id))
+	vm, err := p.instanceVM(ctx, id)
 	if err != nil {
 		return provider.Snapshot{}, false, err
 	}
-	vols, err := p.volumesOf(ctx, []ec2types.Instance{inst})
-	if err != nil {
-		return provider.Snapshot{}, false, err
-	}
-	vm := p.vmOf(ctx, inst, vols)
 	if len(vm.Disks) == 0 {
 		return provider.Snapshot{}, false, nil
 	}

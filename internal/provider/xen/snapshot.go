@@ -88,10 +88,7 @@ func (p *Provider) FindSnapshot(ctx context.Context, id core.VMID, o *provider.S
 		if err != nil {
 			return provider.Snapshot{}, false, fmt.Errorf("xen: find a snapshot of VM %s: %w", id, err)
 		}
-		tagged := len(want) > 0
-		for _, t := range want {
-			tagged = tagged && slices.Contains(srec.Tags, t)
-		}
+		tagged := len(o.Tags) > 0 && hasTags(srec.Tags, o.Tags)
 		if !tagged && (o.Name == "" || srec.NameLabel != o.Name) {
 			continue
 		}

@@ -51,18 +51,10 @@ func (p *Provider) FindDisk(ctx context.Context, tags map[string]string) (core.D
 	if err != nil {
 		return "", fmt.Errorf("xen: find disk tagged %v: %w", tags, err)
 	}
-next:
 	for _, r := range recs {
-		if r.IsASnapshot {
-			continue
+		if !r.IsASnapshot && hasTags(r.Tags, tags) {
+			return core.DiskID(r.UUID), nil
 		}
-		have := parseTags(r.Tags)
-		for k, v := range tags {
-			if have[k] != v {
-				continue next
-			}
-		}
-		return core.DiskID(r.UUID), nil
 	}
 	return "", nil
 }
@@ -114,16 +106,9 @@ func (p *Provider) DiscardVMs(ctx context.Context, tags map[string]string) (int,
 		return 0, fmt.Errorf("xen: discard VMs tagged %v: %w", tags, err)
 	}
 	n := 0
-next:
 	for ref, r := range recs {
-		if !isVM(&r) {
+		if !isVM(&r) || !hasTags(r.Tags, tags) {
 			continue
-		}
-		have := parseTags(r.Tags)
-		for k, v := range tags {
-			if have[k] != v {
-				continue next
-			}
 		}
 		if r.PowerState != xapi.VMPowerStateHalted {
 			return n, fmt.Errorf("xen: discard VM %s tagged %v: it is %s: %w", r.UUID, tags, r.PowerState, errs.ErrFailedPrecondition)

@@ -263,6 +263,18 @@ func parseTags(tags []string) map[string]string {
 	return m
 }
 
+// hasTags reports whether XAPI tags (key=value strings) hold every pair of
+// want.
+func hasTags(tags []string, want map[string]string) bool {
+	have := parseTags(tags)
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
 func formatTags(m map[string]string) []string {
 	out := make([]string, 0, len(m))
 	for k, v := range m {

@@ -304,14 +304,12 @@ func (u *uploader) save(ctx context.Context) error {
 func (u *uploader) saveHeld(ctx context.Context) error {
 	u.mu.Lock()
 	u.unsaved = 0
-	var cp Checkpoint
-	if u.o.Save != nil {
-		cp = u.cp.Clone()
-	}
-	u.mu.Unlock()
 	if u.o.Save == nil {
+		u.mu.Unlock()
 		return nil
 	}
+	cp := u.cp.Clone()
+	u.mu.Unlock()
 	if err := u.o.Save(context.WithoutCancel(ctx), cp); err != nil {
 		return fmt.Errorf("ebs upload: save checkpoint of snapshot %s: %w", u.cp.SnapshotID, err)
 	}
