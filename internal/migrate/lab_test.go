@@ -309,6 +309,25 @@ func waitJob(t testing.TB, m *job.Manager, id string, states ...string) job.Job 
 	}
 }
 
+// cancelWhen cancels job j once at is closed (the transfer reached the
+// point the test holds it at; never within 2 minutes fails with never) and
+// waits until the job is cancelled.
+func cancelWhen(t *testing.T, m *job.Manager, j job.Job, at <-chan struct{}, never string) {
+	t.Helper()
+	select {
+	case <-at:
+	case <-time.After(2 * time.Minute):
+		t.Fatal(never)
+	}
+	if _, err := m.Cancel(t.Context(), j.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	j = waitJob(t, m, j.ID, store.JobCanceled, store.JobFailed, store.JobSucceeded)
+	if j.State != store.JobCanceled {
+		t.Fatalf("job %s: %s", j.State, j.Error)
+	}
+}
+
 func result(t testing.TB, j job.Job) Result {
 	t.Helper()
 	var r Result
@@ -468,18 +487,7 @@ func TestCancelRemovesEverything(t *testing.T) {
 	m := manager(t, t.TempDir(), s, true)
 	l.holdAfter(10)
 	_, j := submit(t, m, s, Request{Source: "dc1", VM: "db-1", Target: "aws1"})
-	select {
-	case <-l.reached:
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the transfer never started")
-	}
-	if _, err := m.Cancel(t.Context(), j.ID, "test"); err != nil {
-		t.Fatal(err)
-	}
-	j = waitJob(t, m, j.ID, store.JobCanceled, store.JobFailed, store.JobSucceeded)
-	if j.State != store.JobCanceled {
-		t.Fatalf("job %s: %s", j.State, j.Error)
-	}
+	cancelWhen(t, m, j, l.reached, "the transfer never started")
 	a := s["aws1"].(*aws.Provider)
 	snaps, err := a.ListSnapshots(t.Context())
 	if err != nil {
@@ -735,18 +743,7 @@ func TestCancelToXen(t *testing.T) {
 	l.holdImports, l.imports, l.importsDone = 1, 0, 0 // the first window goes in, the second waits
 	l.mu.Unlock()
 	_, j = submit(t, m, s, Request{Source: "aws1", VM: string(inst), Target: "dc1"})
-	select {
-	case <-l.importsHeld:
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the transfer never reached its second window")
-	}
-	if _, err := m.Cancel(t.Context(), j.ID, "test"); err != nil {
-		t.Fatal(err)
-	}
-	j = waitJob(t, m, j.ID, store.JobCanceled, store.JobFailed, store.JobSucceeded)
-	if j.State != store.JobCanceled {
-		t.Fatalf("job %s: %s", j.State, j.Error)
-	}
+	cancelWhen(t, m, j, l.importsHeld, "the transfer never reached its second window")
 	if n := countVDIs(t, x); n != vdisBefore {
 		t.Errorf("%d VDIs in the pool after the cancel, %d before", n, vdisBefore)
 	}
