@@ -177,8 +177,7 @@ const (
 	envLabAWSSecret = "FERRY_LAB_AWS_SECRET_KEY"
 )
 
-// args are the command line of a part (after the executable's name); env
-// is what its environment adds.
+// args are the command line of a part (after the executable's name).
 func (l *lab) args(part string, noQEMU bool) []string {
 	var a []string
 	switch part {
@@ -196,6 +195,7 @@ func (l *lab) args(part string, noQEMU bool) []string {
 	return a
 }
 
+// env is what a part's environment adds to ours: its secrets.
 func (l *lab) env(part string) []string {
 	switch part {
 	case labXen:
